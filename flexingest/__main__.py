@@ -1,0 +1,3 @@
+from flexingest.cli import cli
+
+cli()

@@ -1,0 +1,518 @@
+"""The ``flexingest`` command line. The only module that prints or exits.
+
+Exit codes: 0 success, 1 an object or connector failed, 2 invalid pipeline file or
+usage, 75 another process holds the state lock (EX_TEMPFAIL: try again later).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
+
+import click
+
+if TYPE_CHECKING:
+    from .config import Pipeline, Sync
+    from .sync import PassResult, StopToken
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_LOCKED = 0, 1, 2, 75
+
+log = logging.getLogger("flexingest")
+
+
+def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """-v/-q/--log-format on every command, set up before it runs."""
+
+    def setup(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        ctx.meta[param.name] = value
+        return value
+
+    fn = click.option("-v", "--verbose", count=True, expose_value=False, callback=setup,
+                      help="More detail: -v debug logs of flexingest, -vv scheduler too.")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=setup,
+                      help="Only warnings and errors on stderr.")(fn)
+    fn = click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                      expose_value=False, callback=setup, help="json: one JSON object per log line.")(fn)
+    return fn
+
+
+def _init_logging() -> None:
+    from .console import setup_logging
+
+    meta = click.get_current_context().meta
+    verbosity = -1 if meta.get("quiet") else int(meta.get("verbose") or 0)
+    setup_logging(verbosity, meta.get("log_format") or "text")
+
+
+def _exit(code: int) -> NoReturn:
+    logging.shutdown()
+    sys.exit(code)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    from .console import secret_filter
+
+    click.echo(f"error: {secret_filter.mask(message)}", err=True)
+    _exit(code)
+
+
+def _load(path: str) -> Pipeline:
+    from .console import add_secrets
+    from .exceptions import ConfigError
+    from .loader import load_pipeline
+
+    _init_logging()
+    try:
+        pipeline: Pipeline = load_pipeline(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            click.echo(str(issue), err=True)
+        n = len(exc.issues)
+        click.echo(f"{path}: {n} error{'s' if n != 1 else ''}", err=True)
+        _exit(EXIT_INVALID)
+    add_secrets(pipeline.secrets())
+    return pipeline
+
+
+def _syncs(pipeline: Pipeline, name: str | None) -> list[Sync]:
+    from .exceptions import FlexingestError
+
+    if name is not None:
+        try:
+            return [pipeline.sync(name)]
+        except FlexingestError as exc:
+            _fail(str(exc), EXIT_INVALID)
+    if not pipeline.syncs:
+        _fail(f"{pipeline.path}: no syncs declared", EXIT_INVALID)
+    return list(pipeline.syncs)
+
+
+def _signals(stop: StopToken) -> None:
+    """First SIGTERM/SIGINT: stop gracefully. Second: stop at once (the state stays consistent)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            log.warning("second %s: stopping now", signal.Signals(signum).name)
+            logging.shutdown()
+            os._exit(128 + signum)
+        log.warning("%s: finishing objects in flight (up to %gs; send again to stop now)",
+                    signal.Signals(signum).name, stop.grace)
+        stop.request()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _state_or_exit(pipeline: Pipeline, *, create: bool = True) -> Any:
+    from .exceptions import StateError
+    from .state import State
+
+    try:
+        return State(pipeline.state_path, create=create)
+    except StateError as exc:
+        _fail(str(exc), EXIT_FAILED)
+
+
+def _lock_or_exit(pipeline: Pipeline) -> Any:
+    from .exceptions import StateLocked
+    from .state import StateLock
+
+    lock = StateLock(pipeline.state_path)
+    try:
+        lock.acquire()
+    except StateLocked as exc:
+        _fail(str(exc), EXIT_LOCKED)
+    except OSError as exc:
+        _fail(f"cannot create the lock file {lock.path}: {exc.strerror}", EXIT_FAILED)
+    return lock
+
+
+def _report(result: PassResult) -> None:
+    level = logging.INFO if result.ok else logging.ERROR if result.error else logging.WARNING
+    log.log(level, result.summary(), extra={"pass": {"sync": result.sync, "seconds": round(result.seconds, 3),
+                                                     "error": result.error, "interrupted": result.interrupted,
+                                                     **result.counts}})
+
+
+def _progress(name: str) -> Any:
+    from .console import ProgressBar
+
+    if click.get_current_context().meta.get("quiet"):
+        return None
+    bar = ProgressBar(name)
+    return bar if bar.enabled else None
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="flexingest")
+def cli() -> None:
+    """Watch buckets (S3, GCS, Azure Blob, a local folder) and process every new or changed
+    object through the steps declared in a YAML pipeline file.
+
+    \b
+    Start here:
+      flexingest validate pipeline.yaml      check the file
+      flexingest test pipeline.yaml          check each connector's credentials
+      flexingest run pipeline.yaml --once    one pass of every sync (cron, CI)
+      flexingest run pipeline.yaml           the service: every sync on its schedule
+      flexingest status pipeline.yaml        what happened to every object
+
+    Exit codes: 0 ok, 1 an object or connector failed, 2 invalid file or usage,
+    75 another run holds the state lock.
+    """
+
+
+@cli.command()
+@click.argument("pipelines", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@_common
+def validate(pipelines: tuple[str, ...]) -> None:
+    """Check pipeline files without contacting any connector.
+
+    Prints every error as FILE:LINE:COLUMN: field: message. Exit 0 if all files are
+    valid, 2 otherwise.
+
+    \b
+    Example:
+      flexingest validate pipelines/*.yaml
+    """
+    from .exceptions import ConfigError
+    from .loader import load_pipeline
+
+    _init_logging()
+    bad = 0
+    for path in pipelines:
+        try:
+            p = load_pipeline(path)
+        except ConfigError as exc:
+            bad += 1
+            for issue in exc.issues:
+                click.echo(str(issue), err=True)
+            continue
+        click.echo(f"{path}: valid ({len(p.connectors)} connector(s), {len(p.syncs)} sync(s))", err=True)
+    _exit(EXIT_INVALID if bad else EXIT_OK)
+
+
+@cli.command()
+@click.option("--indent", type=int, default=2, show_default=True)
+def schema(indent: int) -> None:
+    """Print the JSON Schema of pipeline files, for editor completion.
+
+    \b
+    Example (VS Code with the YAML extension):
+      flexingest schema > flexingest.schema.json
+      # first line of pipeline.yaml:
+      # yaml-language-server: $schema=./flexingest.schema.json
+    """
+    from .config import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=indent))
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.argument("connectors", nargs=-1)
+@_common
+def test(pipeline: str, connectors: tuple[str, ...]) -> None:
+    """Check that each connector can list its bucket, with one bounded request.
+
+    Prints one JSON object per connector on stdout:
+    {"connector": ..., "success": true|false, "message": ...}. Never walks the bucket.
+    Exit 0 if all succeed, 1 if any failed, 2 if the file is invalid.
+
+    \b
+    Examples:
+      flexingest test pipeline.yaml
+      flexingest test pipeline.yaml production-docs 42
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .connectors import test_connector
+    from .console import secret_filter
+    from .exceptions import FlexingestError
+
+    p = _load(pipeline)
+    try:
+        chosen = [p.connector(ref) for ref in connectors] if connectors else list(p.connectors)
+    except FlexingestError as exc:
+        _fail(str(exc), EXIT_INVALID)
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(chosen)))) as pool:
+        results = list(pool.map(lambda c: test_connector(c, p.base_dir), chosen))
+    for r in results:
+        r["message"] = secret_filter.mask(r["message"])
+        click.echo(json.dumps(r, ensure_ascii=False))
+    _exit(EXIT_OK if all(r["success"] for r in results) else EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.argument("keys", nargs=-1)
+@click.option("--connector", "connector_ref", metavar="NAME_OR_ID", help="The connector the keys belong to.")
+@click.option("--request", "request_file", type=click.File("r"), metavar="FILE",
+              help='A FlexOrch request body: {"source": {"connector_id": 42, "keys": [...]}} ("-": stdin).')
+@click.option("--sync", "sync_name", metavar="NAME",
+              help="Use this sync's steps and record the outcome in its state.")
+@_common
+def process(pipeline: str, keys: tuple[str, ...], connector_ref: str | None, request_file: Any,
+            sync_name: str | None) -> None:
+    """Process exactly these keys now, whether or not they were processed before.
+
+    Uses the top-level steps, or those of --sync NAME (whose state then records the
+    outcome, so the next pass does not process them again). Prints one JSON object per
+    key on stdout. Exit 0 if all are done, 1 if any failed.
+
+    \b
+    Examples:
+      flexingest process pipeline.yaml --connector production-docs contracts/a.pdf contracts/b.pdf
+      echo '{"source": {"connector_id": 42, "keys": ["a.pdf"]}}' | flexingest process pipeline.yaml --request -
+    """
+    from .exceptions import FlexingestError
+    from .state import State
+    from .sync import StopToken, process_keys
+
+    p = _load(pipeline)
+    if request_file is not None:
+        if keys or connector_ref:
+            _fail("give either --request or --connector with keys, not both", EXIT_INVALID)
+        connector_ref, keys = _parse_request(request_file)
+    if connector_ref is None or not keys:
+        _fail("say what to process: --connector NAME_OR_ID KEY... or --request FILE", EXIT_INVALID)
+    try:
+        p.connector(connector_ref)
+    except FlexingestError as exc:
+        _fail(str(exc), EXIT_INVALID)
+    sync = _syncs(p, sync_name)[0] if sync_name else None
+    stop = StopToken()
+    _signals(stop)
+    state = _state_or_exit(p) if sync is not None else State(":memory:")
+    bar = _progress("process")
+    try:
+        result = process_keys(p, connector_ref, list(keys), sync=sync, state=state, stop=stop, on_progress=bar)
+    finally:
+        if bar:
+            bar.close()
+        state.close()
+    outcomes = {o.key: o for o in result.outcomes}
+    connector = p.connector(connector_ref).name
+    for key in dict.fromkeys(keys):
+        o = outcomes.get(key)
+        status = "skipped" if o and o.status == "done" and o.error else (o.status if o else "not processed")
+        click.echo(json.dumps({"connector": connector, "key": key, "version": o.version if o else None,
+                               "status": status, "error": o.error if o and status != "done" else None},
+                              ensure_ascii=False))
+    _report(result)
+    ok = result.error is None and all(outcomes.get(k) and outcomes[k].status == "done" for k in keys)
+    _exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+def _parse_request(stream: Any) -> tuple[str, tuple[str, ...]]:
+    try:
+        body = json.load(stream)
+        source = body["source"]
+        connector = source["connector_id"]
+        keys = source["keys"]
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or not keys:
+            raise TypeError("'keys' must be a non-empty list of strings")
+        if isinstance(connector, bool) or not isinstance(connector, (int, str)):
+            raise TypeError("'connector_id' must be an integer id or a connector name")
+    except (ValueError, KeyError, TypeError) as exc:
+        what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        _fail(f"invalid request body ({what}); expected "
+              '{"source": {"connector_id": 42, "keys": ["a.pdf"]}}', EXIT_INVALID)
+    return str(connector), tuple(keys)
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--once", is_flag=True, help="One pass of every sync, then exit (for cron and CI).")
+@click.option("--sync", "sync_name", metavar="NAME", help="Only this sync.")
+@click.option("--dry-run", is_flag=True,
+              help="With --once: print each key and what would happen to it (new, changed, retry, "
+                   "filtered, done, dead) on stdout; change nothing.")
+@click.option("--grace", default="30s", show_default=True, metavar="DURATION",
+              help="On SIGTERM/SIGINT, how long objects in flight may take to finish.")
+@_common
+def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: str) -> None:
+    """Run the syncs: as a service on their schedules, or --once.
+
+    The service makes a first pass of every sync at start, then follows each sync's
+    schedule until SIGTERM or SIGINT: it then stops taking objects, lets those in flight
+    finish (--grace), commits and exits 0. A second signal stops at once.
+
+    With --once: exit 0 if every object is done, 1 if any failed, 75 if another run
+    holds the state lock.
+
+    \b
+    Examples:
+      flexingest run pipeline.yaml                     # systemd service
+      flexingest run pipeline.yaml --once              # cron: */5 * * * *
+      flexingest run pipeline.yaml --once --sync contracts --dry-run
+    """
+    from .sync import StopToken
+    from .units import parse_duration
+
+    try:
+        grace_seconds = parse_duration(grace).total_seconds()
+    except (ValueError, AttributeError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--grace") from None
+    if dry_run and not once:
+        raise click.UsageError("--dry-run goes with --once")
+    p = _load(pipeline)
+    syncs = _syncs(p, sync_name)
+    if dry_run:
+        _dry_run(p, syncs)
+    stop = StopToken(grace_seconds)
+    lock = _lock_or_exit(p)
+    _signals(stop)
+    try:
+        _state_or_exit(p).close()  # refuse a bad state file before anything starts
+        if once:
+            code = _run_once(p, syncs, stop)
+        else:
+            from .runner import serve
+
+            serve(p, syncs, stop, _report, progress=_progress)
+            code = EXIT_OK
+    finally:
+        lock.release()
+    if stop.is_set():
+        log.info("stopped")
+        logging.shutdown()
+        os._exit(code)  # do not wait for worker threads left behind after the grace time
+    _exit(code)
+
+
+def _run_once(p: Pipeline, syncs: list[Sync], stop: StopToken) -> int:
+    from .sync import run_pass
+
+    failed = False
+    with _state_or_exit(p) as state:
+        for sync in syncs:
+            if stop.is_set():
+                break
+            bar = _progress(sync.name)
+            try:
+                result = run_pass(p, sync, state, stop=stop, on_progress=bar)
+            finally:
+                if bar:
+                    bar.close()
+            _report(result)
+            failed = failed or not result.ok
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _dry_run(p: Pipeline, syncs: list[Sync]) -> NoReturn:
+    from .state import State
+    from .sync import run_pass
+
+    exists = p.state_path.exists()
+    failed = False
+    with (_state_or_exit(p, create=False) if exists else State(":memory:")) as state:
+        for sync in syncs:
+            def explain(reason: str, key: str, skip: str | None, _sync: str = sync.name) -> None:
+                click.echo(f"{_sync}\t{reason}\t{key}" + (f"\t{skip}" if skip else ""))
+
+            result = run_pass(p, sync, state, dry_run=True, on_explain=explain)
+            c = result.counts
+            log.info("%s: dry run: would process %d (new %d, changed %d, retry %d); unchanged %d, "
+                     "filtered %d, dead %d", sync.name, c.get("new", 0) + c.get("changed", 0) + c.get("retry", 0),
+                     c.get("new", 0), c.get("changed", 0), c.get("retry", 0), c.get("unchanged", 0),
+                     c.get("filtered", 0), c.get("skipped_dead", 0))
+            if result.error:
+                log.error("%s: %s", sync.name, result.error)
+                failed = True
+    _exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable, on stdout.")
+@_common
+def status(pipeline: str, as_json: bool) -> None:
+    """Per sync: objects done / failed / dead / gone, the last run, the next due time.
+
+    Failed and dead objects are listed with their last error. Reads the state only: it
+    works while the service runs.
+
+    \b
+    Examples:
+      flexingest status pipeline.yaml
+      flexingest status pipeline.yaml --json | jq '.syncs.contracts.failed'
+    """
+    from .runner import next_due
+
+    p = _load(pipeline)
+    known = {s.name: s for s in p.syncs}
+    if p.state_path.exists():
+        with _state_or_exit(p, create=False) as state:
+            rows = state.status()
+            problems = {name: [dict(r) for r in state.problems(name)] for name in rows}
+    else:
+        rows, problems = {}, {}
+    out: dict[str, Any] = {}
+    now = datetime.now(timezone.utc)
+    for name in [*known, *(n for n in rows if n not in known)]:
+        entry = {"done": 0, "failed": 0, "dead": 0, "pending": 0, "gone": 0, "last_run": None,
+                 **rows.get(name, {})}
+        sync = known.get(name)
+        last = entry["last_run"]
+        due = next_due(sync, last["started_at"] if last else None, now) if sync else None
+        entry["next_due"] = due.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z") \
+            if due else None
+        entry["problems"] = problems.get(name, [])
+        if sync is None:
+            entry["note"] = "no longer in the pipeline file"
+        out[name] = entry
+    if as_json:
+        click.echo(json.dumps({"pipeline": str(p.path), "state": str(p.state_path), "syncs": out},
+                              indent=2, ensure_ascii=False))
+        _exit(EXIT_OK)
+    click.echo(f"state: {p.state_path}" + ("" if p.state_path.exists() else " (no pass has run yet)"))
+    header = f"{'sync':<20} {'done':>8} {'failed':>7} {'dead':>6} {'gone':>6}  {'last run':<44} next due"
+    click.echo(header)
+    for name, e in out.items():
+        last = e["last_run"]
+        if last:
+            last_text = (f"{last['started_at'][:19]}Z {last['result'] or 'running'} "
+                         f"({last['done']} done, {last['failed']} failed)")
+        else:
+            last_text = "never"
+        click.echo(f"{name:<20} {e['done']:>8} {e['failed']:>7} {e['dead']:>6} {e['gone']:>6}  "
+                   f"{last_text:<44} {e['next_due'] or '-'}")
+    for name, e in out.items():
+        for problem in e["problems"]:
+            click.echo(f"  {name}: {problem['status']} ({problem['attempts']} attempt(s)) "
+                       f"{problem['key']}: {problem['error']}")
+    _exit(EXIT_OK)
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--sync", "sync_name", metavar="NAME", help="Only this sync.")
+@_common
+def retry(pipeline: str, sync_name: str | None) -> None:
+    """Put failed and dead objects back to be processed on the next pass.
+
+    Works while the service runs: it picks them up at its next pass.
+
+    \b
+    Example:
+      flexingest retry pipeline.yaml --sync contracts && flexingest run pipeline.yaml --once
+    """
+    p = _load(pipeline)
+    if sync_name is not None:
+        _syncs(p, sync_name)
+    if not p.state_path.exists():
+        click.echo("nothing to retry: no pass has run yet", err=True)
+        _exit(EXIT_OK)
+    with _state_or_exit(p, create=False) as state:
+        n = state.retry(sync_name)
+    click.echo(f"{n} object(s) will be processed again on the next pass", err=True)
+    _exit(EXIT_OK)

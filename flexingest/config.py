@@ -1,0 +1,435 @@
+"""The pipeline file as pydantic models.
+
+These models are the whole file format: ``flexingest schema`` prints their JSON Schema,
+and :func:`flexingest.loader.load_pipeline` validates a YAML file into :class:`Pipeline`.
+Loading a file runs nothing: no connector is contacted, no step is built.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ByteSize,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    Tag,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from .steps import StepCall, StepOptions, known_steps, step_class
+from .units import Duration, Size
+
+# --------------------------------------------------------------------------- values
+
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """Translate a glob on a key into a regex.
+
+    ``*`` and ``?`` stay inside one path segment, ``**`` crosses segments (``**/`` also
+    matches no folder at all), ``[abc]`` is a class. A pattern without ``/`` matches the
+    last segment at any depth, like ``.gitignore``: ``*.pdf`` matches ``a/b/c.pdf``.
+    """
+    if not pattern:
+        raise ValueError("an empty glob matches nothing")
+    anchored = "/" in pattern.rstrip("/")
+    body = pattern.lstrip("/")
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if body.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif body.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            end = body.find("]", i + 2 if body[i + 1: i + 2] in ("!", "]") else i + 1)
+            if end == -1:
+                raise ValueError(f"unclosed '[' in glob {pattern!r}")
+            cls = body[i + 1: end]
+            if cls.startswith("!"):
+                cls = "^" + cls[1:]
+            out.append("[" + cls.replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    regex = "".join(out)
+    if body.endswith("/"):
+        regex += ".*"  # "drafts/" means everything under drafts/
+    prefix = "" if anchored else "(?:.*/)?"
+    try:
+        return re.compile(f"^{prefix}{regex}$", re.DOTALL)
+    except re.error as exc:
+        raise ValueError(f"invalid glob {pattern!r}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- connectors
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _both_or_neither(model: BaseModel, a: str, b: str) -> None:
+    if (getattr(model, a) is None) != (getattr(model, b) is None):
+        raise ValueError(f"'{a}' and '{b}' go together: give both or neither")
+
+
+class S3Config(Strict):
+    bucket: str = Field(min_length=1, description="bucket name")
+    region: str | None = Field(None, description="e.g. us-east-1; found from the bucket when omitted")
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    profile: str | None = Field(None, description="a profile of the shared AWS config files")
+    endpoint_url: str | None = Field(None, description="S3-compatible stores: MinIO, R2, Ceph, ...")
+    role_arn: str | None = Field(None, description="assume this role with the credentials above")
+    anonymous: bool = Field(False, description="unsigned requests, for public buckets")
+    timeout: Duration = Field(timedelta(seconds=60), description="how long one request may wait for an answer")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> S3Config:
+        _both_or_neither(self, "aws_access_key_id", "aws_secret_access_key")
+        if self.aws_session_token is not None and self.aws_access_key_id is None:
+            raise ValueError("'aws_session_token' needs 'aws_access_key_id' and 'aws_secret_access_key'")
+        if self.profile is not None and self.aws_access_key_id is not None:
+            raise ValueError("give either 'profile' or access keys, not both")
+        if self.anonymous and (self.aws_access_key_id or self.profile or self.role_arn):
+            raise ValueError("'anonymous: true' cannot be combined with credentials")
+        return self
+
+
+class GCSConfig(Strict):
+    bucket: str = Field(min_length=1)
+    project: str | None = None
+    service_account_json: SecretStr | None = Field(
+        None, description="path to a service-account key file, or the key's JSON itself")
+    endpoint_url: str | None = Field(None, description="for emulators such as fake-gcs-server")
+    anonymous: bool = Field(False, description="no credentials: public buckets and emulators")
+    timeout: Duration = Field(timedelta(seconds=60), description="how long one request may wait for an answer")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> GCSConfig:
+        if self.anonymous and self.service_account_json is not None:
+            raise ValueError("'anonymous: true' cannot be combined with 'service_account_json'")
+        return self
+
+
+class AzureBlobConfig(Strict):
+    container: str = Field(min_length=1)
+    account_name: str | None = None
+    account_key: SecretStr | None = None
+    sas_token: SecretStr | None = None
+    connection_string: SecretStr | None = None
+    account_url: str | None = Field(None, description="e.g. Azurite or a sovereign cloud endpoint")
+    anonymous: bool = Field(False, description="no credentials: public containers")
+    timeout: Duration = Field(timedelta(seconds=60), description="how long one request may wait for an answer")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> AzureBlobConfig:
+        given = [n for n in ("account_key", "sas_token", "connection_string") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of account_key, sas_token, connection_string (got {', '.join(given)})")
+        if self.connection_string is None and self.account_name is None and self.account_url is None:
+            raise ValueError("say which storage account: 'account_name', 'account_url' or 'connection_string'")
+        if self.account_key is not None and self.account_name is None:
+            raise ValueError("'account_key' needs 'account_name'")
+        if self.anonymous and given:
+            raise ValueError("'anonymous: true' cannot be combined with credentials")
+        return self
+
+
+class LocalConfig(Strict):
+    path: str = Field(min_length=1, description="a folder; relative paths resolve against the pipeline file")
+
+
+class ConnectorBase(Strict):
+    name: str = Field(min_length=1, pattern=r"^[^\s]+$", description="unique; syncs refer to it")
+    id: int | None = Field(None, description="optional unique integer, as in FlexOrch")
+
+
+class S3Connector(ConnectorBase):
+    type: Literal["s3"]
+    config: S3Config
+
+
+class GCSConnector(ConnectorBase):
+    type: Literal["gcs"]
+    config: GCSConfig
+
+
+class AzureBlobConnector(ConnectorBase):
+    type: Literal["azure_blob"]
+    config: AzureBlobConfig
+
+
+class LocalConnector(ConnectorBase):
+    type: Literal["local"]
+    config: LocalConfig
+
+
+Connector = Annotated[
+    Union[S3Connector, GCSConnector, AzureBlobConnector, LocalConnector],
+    Field(discriminator="type"),
+]
+CONNECTOR_TYPES = ("azure_blob", "gcs", "local", "s3")
+SECRET_FIELDS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+                           "service_account_json", "account_key", "sas_token", "connection_string"})
+
+# --------------------------------------------------------------------------- steps
+
+
+def _step_tag(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and len(value) == 1:
+        key = next(iter(value))
+        return key if isinstance(key, str) else None
+    return getattr(value, "step_name", None)
+
+
+def _step_union() -> Any:
+    """``- name: {options}`` for every known step, as one tagged union."""
+    members = []
+    for name in known_steps():
+        options_model: type[StepOptions] = step_class(name).Options
+
+        def shorthand(value: Any, _name: str = name) -> Any:
+            if isinstance(value, str):  # "- extract_text" means "- extract_text: {}"
+                return {_name: {}}
+            if isinstance(value, dict) and value.get(_name) is None:
+                return {_name: {}}
+            return value
+
+        wrapper = create_model(
+            f"Step_{name}",
+            __config__=ConfigDict(extra="forbid"),
+            options=(options_model, Field(alias=name)),
+        )
+        wrapper.step_name = name  # type: ignore[attr-defined]
+        members.append(Annotated[wrapper, BeforeValidator(shorthand), Tag(name)])
+    union = Annotated[
+        Union[tuple(members)],  # type: ignore[valid-type]
+        Discriminator(_step_tag),
+    ]
+    return Annotated[union, BeforeValidator(lambda v: v), _ToStepCall()]
+
+
+class _ToStepCall:
+    """Turns a validated ``Step_<name>`` wrapper into a plain :class:`StepCall`."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_after_validator_function(
+            lambda w: StepCall(type(w).step_name, w.options), handler(source))
+
+
+StepList = list[_step_union()]  # type: ignore[misc]
+
+# --------------------------------------------------------------------------- syncs
+
+
+class Every(Strict):
+    every: Duration = Field(description="run a pass this often, e.g. 5m")
+
+    @field_validator("every")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v.total_seconds() <= 0:
+            raise ValueError("must be longer than zero")
+        return v
+
+
+class Cron(Strict):
+    cron: str = Field(description="five crontab fields, e.g. '*/15 * * * *'")
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _crontab(cls, v: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(v, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"invalid crontab {v!r}: {exc}") from None
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (e.g. UTC, Europe/Paris)") from None
+        return v
+
+
+def _schedule_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "every" if "every" in value else "cron" if "cron" in value else None
+    return "every" if isinstance(value, Every) else "cron" if isinstance(value, Cron) else None
+
+
+Schedule = Annotated[
+    Union[Annotated[Every, Tag("every")], Annotated[Cron, Tag("cron")]],
+    Discriminator(_schedule_tag, custom_error_type="schedule_shape",
+                  custom_error_message="a schedule is {every: 5m} or {cron: '*/15 * * * *', timezone: UTC}"),
+]
+
+
+class Sync(Strict):
+    name: str = Field(min_length=1, pattern=r"^[^\s]+$")
+    connector: str | int = Field(description="a connector name, or its integer id")
+    prefix: str = Field("", description="only keys under this prefix")
+    include: list[str] = Field(default_factory=list, description="globs on the key relative to prefix")
+    exclude: list[str] = Field(default_factory=list)
+    min_size: Size | None = None
+    max_size: Size | None = None
+    min_age: Duration | None = Field(None, description="skip objects modified more recently than this")
+    schedule: Schedule = Field(default_factory=lambda: Every(every=timedelta(minutes=5)))
+    on_change: Literal["reprocess", "ignore"] = "reprocess"
+    concurrency: int = Field(8, ge=1, le=512, description="objects in flight at once")
+    max_attempts: int = Field(3, ge=1, description="failed attempts before an object is parked as dead")
+    steps: StepList | None = Field(None, description="overrides the top-level steps")
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _globs(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            glob_to_regex(pattern)
+        return v
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Sync:
+        if self.min_size is not None and self.max_size is not None and self.min_size > self.max_size:
+            raise ValueError("'min_size' is larger than 'max_size'")
+        return self
+
+    @cached_property
+    def _include_re(self) -> list[re.Pattern[str]]:
+        return [glob_to_regex(p) for p in self.include]
+
+    @cached_property
+    def _exclude_re(self) -> list[re.Pattern[str]]:
+        return [glob_to_regex(p) for p in self.exclude]
+
+    def skip_reason(self, key: str, size: int, age_seconds: float | None) -> str | None:
+        """Why this listed object is filtered out of the sync, or None to keep it."""
+        rel = key[len(self.prefix):] if key.startswith(self.prefix) else key
+        if self.include and not any(r.match(rel) for r in self._include_re):
+            return "not included"
+        for pattern, regex in zip(self.exclude, self._exclude_re):
+            if regex.match(rel):
+                return f"excluded by {pattern!r}"
+        if self.min_size is not None and size < self.min_size:
+            return f"smaller than min_size ({size} < {int(self.min_size)} bytes)"
+        if self.max_size is not None and size > self.max_size:
+            return f"larger than max_size ({size} > {int(self.max_size)} bytes)"
+        if self.min_age is not None and age_seconds is not None and age_seconds < self.min_age.total_seconds():
+            return f"younger than min_age ({age_seconds:.0f}s)"
+        return None
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+class Pipeline(Strict):
+    """A whole pipeline file."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"title": "flexingest pipeline"})
+
+    version: Literal[1] = Field(description="the file format version; always 1")
+    state: str | None = Field(None, description="the state file; default .flexingest/<file stem>.db")
+    connectors: list[Connector] = Field(min_length=1)
+    steps: StepList = Field(default_factory=list, description="default steps for syncs and `process`")
+    syncs: list[Sync] = Field(default_factory=list)
+
+    _path: Path = PrivateAttr(default=Path("pipeline.yaml"))
+
+    @property
+    def path(self) -> Path:
+        """The pipeline file this was loaded from."""
+        return self._path
+
+    @property
+    def base_dir(self) -> Path:
+        return self._path.resolve().parent
+
+    @property
+    def state_path(self) -> Path:
+        if self.state:
+            p = Path(self.state).expanduser()
+            return p if p.is_absolute() else (self.base_dir / p).resolve()
+        return self.base_dir / ".flexingest" / f"{self._path.stem}.db"
+
+    def connector(self, ref: str | int) -> ConnectorBase:
+        """A connector by name, or by integer id (``42`` or ``"42"``)."""
+        for c in self.connectors:
+            if c.name == ref:
+                return c
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            for c in self.connectors:
+                if c.id is not None and c.id == int(ref):
+                    return c
+        from .exceptions import FlexingestError
+
+        raise FlexingestError(f"unknown connector {ref!r} (known: {', '.join(self.connector_names())})")
+
+    def connector_names(self) -> list[str]:
+        return [c.name for c in self.connectors]
+
+    def sync(self, name: str) -> Sync:
+        for s in self.syncs:
+            if s.name == name:
+                return s
+        from .exceptions import FlexingestError
+
+        known = ", ".join(s.name for s in self.syncs) or "none declared"
+        raise FlexingestError(f"unknown sync {name!r} (known: {known})")
+
+    def steps_for(self, sync: Sync | None) -> list[StepCall]:
+        return list(sync.steps) if sync is not None and sync.steps is not None else list(self.steps)
+
+    def secrets(self) -> set[str]:
+        """Every secret value of the file, so that logs can mask them wherever they appear."""
+        found: set[str] = set()
+        for c in self.connectors:
+            for name in SECRET_FIELDS:
+                value = getattr(c.config, name, None)
+                if isinstance(value, SecretStr) and len(value.get_secret_value()) >= 4:
+                    found.add(value.get_secret_value())
+        for step in [*self.steps, *(s for sync in self.syncs for s in (sync.steps or []))]:
+            for value in getattr(step.options, "headers", {}).values():
+                if isinstance(value, SecretStr) and len(value.get_secret_value()) >= 4:
+                    found.add(value.get_secret_value())
+        return found
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a pipeline file, for editors."""
+    schema = Pipeline.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

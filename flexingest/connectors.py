@@ -1,0 +1,680 @@
+"""Connectors: read access to a bucket through its fsspec filesystem.
+
+:data:`BACKENDS` maps a connector type to its fsspec protocol; the backend (s3fs,
+gcsfs, adlfs) is imported only when a connector of that type is opened. A
+:class:`Storage` is an opened connector: it lists keys page by page with their version
+tokens (S3 ETag, GCS generation, Azure ETag, local mtime_ns + size) and reads objects.
+Backend errors are translated once, here, by :func:`storage_errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
+
+from .exceptions import (
+    AccessDenied,
+    BucketNotFound,
+    EndpointUnreachable,
+    FlexingestError,
+    ObjectGone,
+    StorageError,
+    TransientStorageError,
+)
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+    from .config import ConnectorBase
+
+#: connector type -> (fsspec protocol, module to import, pip extra naming the install)
+BACKENDS: dict[str, tuple[str, str | None, str | None]] = {
+    "azure_blob": ("abfs", "adlfs", "flexingest[azure]"),
+    "gcs": ("gcs", "gcsfs", "flexingest[gcs]"),
+    "local": ("file", None, None),
+    "s3": ("s3", "s3fs", "flexingest[s3]"),
+}
+
+PAGE_SIZE = 1000
+READ_BLOCK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object."""
+
+    key: str
+    version: str
+    size: int
+    modified: float | None  # seconds since the epoch
+
+
+def _import_backend(kind: str) -> None:
+    _, module, extra = BACKENDS[kind]
+    if module is None:
+        return
+    if kind == "gcs":
+        # gcsfs' experimental gRPC path stalls for ~40 s against plain-HTTP endpoints
+        # (emulators); the JSON API serves standard and HNS buckets alike.
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    try:
+        __import__(module)
+    except ImportError as exc:
+        raise FlexingestError(
+            f"connector type {kind!r} needs the {module} package: pip install '{extra}' ({exc})") from None
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _status_of(exc: BaseException) -> int | None:
+    for attr in ("status_code", "status", "code"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int) and 100 <= value <= 599:
+            return value
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        value = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return str(getattr(exc, "error_code", "") or "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+@contextlib.contextmanager
+def storage_errors(what: str, *, missing: type[StorageError] = BucketNotFound,
+                   redact: Callable[[str], str] = lambda s: s) -> Iterator[None]:
+    """Translate backend exceptions into :mod:`flexingest.exceptions`, once, here.
+
+    ``what`` names the bucket or object for the message; ``missing`` is what a
+    not-found means here (a missing bucket when listing, a gone object when reading).
+    """
+    try:
+        yield
+    except FlexingestError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - this is the one translation point
+        raise _translate(exc, what, missing, redact) from exc
+
+
+def _translate(exc: Exception, what: str, missing: type[StorageError],
+               redact: Callable[[str], str]) -> StorageError:
+    names = {c.__name__ for c in type(exc).__mro__}
+    code = _error_code(exc)
+    status = _status_of(exc)
+    detail = redact(_first_line(exc))
+    if code in ("NoSuchBucket", "ContainerNotFound") or "ContainerNotFound" in detail:
+        return BucketNotFound(f"{what}: bucket or container not found")
+    if code in ("NoSuchKey", "BlobNotFound") or "BlobNotFound" in detail:
+        return ObjectGone(f"{what}: object not found (deleted after listing?)")
+    if isinstance(exc, FileNotFoundError) or "ResourceNotFoundError" in names or status == 404:
+        if missing is BucketNotFound:
+            return BucketNotFound(f"{what}: bucket or container not found")
+        return missing(f"{what}: not found (deleted after listing?)")
+    if (isinstance(exc, PermissionError) or "ClientAuthenticationError" in names or status in (401, 403)
+            or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                        "AuthorizationFailure", "AuthenticationFailed", "InvalidToken")):
+        return AccessDenied(f"{what}: access denied ({detail})")
+    unreachable = {"EndpointConnectionError", "ClientConnectorError", "ServiceRequestError",
+                   "ConnectTimeoutError", "ConnectionRefusedError", "ClientConnectorDNSError",
+                   "ServerDisconnectedError", "ConnectTimeoutError", "gaierror"}
+    if names & unreachable or (isinstance(exc, OSError) and exc.errno in (
+            errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)):
+        return EndpointUnreachable(f"{what}: endpoint unreachable ({detail})")
+    transient_names = {"TimeoutError", "ReadTimeoutError", "ServiceResponseError", "ClientPayloadError",
+                       "ServerTimeoutError", "ClientOSError", "IncompleteReadError", "ResponseStreamingError",
+                       "ConnectionError", "ConnectionResetError", "FSTimeoutError", "IncompleteRead",
+                       "ProtocolError", "ContentLengthError", "ResponseParserError", "ChunkedEncodingError",
+                       "ClientResponseError", "HTTPClientError", "ServerDisconnectedError", "TransferEncodingError"}
+    if (status in (408, 429) or (status is not None and status >= 500)
+            or code in ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                        "ServiceUnavailable", "ServerBusy", "OperationTimedOut")
+            or names & transient_names or (isinstance(exc, OSError) and exc.errno in (
+                errno.ECONNRESET, errno.ETIMEDOUT, errno.EPIPE, errno.ECONNABORTED))):
+        return TransientStorageError(f"{what}: {detail}")
+    if isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.EAGAIN, errno.EBUSY):
+        return TransientStorageError(f"{what}: {detail}")
+    return StorageError(f"{what}: {detail}")
+
+
+# --------------------------------------------------------------------------- storages
+
+
+class Storage:
+    """An opened connector: its filesystem and what a sync pass asks of it.
+
+    ``fast_fail`` builds the filesystem with short timeouts and no retries, for
+    ``flexingest test``, which must answer quickly when an endpoint is down.
+    """
+
+    kind = ""
+
+    def __init__(self, connector: ConnectorBase, base_dir: Path, *, fast_fail: bool = False,
+                 timeout: float = 60.0) -> None:
+        self.connector = connector
+        self.config: Any = connector.config  # type: ignore[attr-defined]
+        self.base_dir = base_dir
+        self.fast_fail = fast_fail
+        self.timeout = timeout
+        self._fs: AbstractFileSystem | None = None
+        self._secrets = [v.get_secret_value() for v in vars(self.config).values()
+                         if hasattr(v, "get_secret_value") and v.get_secret_value()]
+
+    # -- naming
+    @property
+    def name(self) -> str:
+        return self.connector.name
+
+    @property
+    def root(self) -> str:
+        """The bucket, container or folder that keys are relative to."""
+        raise NotImplementedError
+
+    def path(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def describe(self, key: str | None = None) -> str:
+        where = f"{self.connector.type}://{self.root}"  # type: ignore[attr-defined]
+        return f"{where}/{key}" if key else where
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "**********")
+        return text
+
+    def errors(self, key: str | None = None) -> contextlib.AbstractContextManager[None]:
+        return storage_errors(self.describe(key), missing=ObjectGone if key else BucketNotFound,
+                              redact=self.redact)
+
+    # -- filesystem
+    @property
+    def fs(self) -> AbstractFileSystem:
+        if self._fs is None:
+            _import_backend(self.connector.type)  # type: ignore[attr-defined]
+            with storage_errors(self.describe(), redact=self.redact):
+                self._fs = self._make_fs()
+        return self._fs
+
+    def _make_fs(self) -> AbstractFileSystem:
+        import fsspec
+
+        return fsspec.filesystem(BACKENDS[self.connector.type][0], **self.options())  # type: ignore[attr-defined]
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for the fsspec filesystem (credentials, endpoint, timeouts)."""
+        return {}
+
+    # -- listing
+    def iter_pages(self, prefix: str = "", page_size: int = PAGE_SIZE) -> Iterator[list[ObjectInfo]]:
+        """Yield the objects under ``prefix``, a page at a time; folder placeholders skipped."""
+        from fsspec.asyn import sync
+
+        fs = self.fs
+        agen = self._pages(prefix, page_size)
+        try:
+            while True:
+                with self.errors():
+                    try:
+                        page = sync(fs.loop, agen.__anext__)  # type: ignore[attr-defined]
+                    except StopAsyncIteration:
+                        return
+                yield page
+        finally:
+            with contextlib.suppress(Exception):
+                sync(fs.loop, agen.aclose)  # type: ignore[attr-defined]
+
+    def _pages(self, prefix: str, page_size: int) -> AsyncIterator[list[ObjectInfo]]:
+        raise NotImplementedError
+
+    def check(self, prefix: str = "") -> None:
+        """One bounded request: list at most one key. Raises StorageError on failure."""
+        for _ in self.iter_pages(prefix, page_size=1):
+            break
+
+    # -- objects
+    def info(self, key: str) -> ObjectInfo:
+        with self.errors(key):
+            return self._info(self.fs.info(self.path(key)), key)
+
+    def _info(self, detail: dict[str, Any], key: str) -> ObjectInfo:
+        raise NotImplementedError
+
+    def open(self, key: str) -> IO[bytes]:
+        """A streaming, seekable reader that never holds the whole object."""
+        with self.errors(key):
+            return _ErrorMappingReader(
+                self.fs.open(self.path(key), "rb", block_size=READ_BLOCK, cache_type="readahead"), self, key)
+
+    def read(self, key: str) -> bytes:
+        with self.errors(key):
+            return self.fs.cat_file(self.path(key))  # type: ignore[no-any-return]
+
+    def download(self, key: str, dest: Path) -> None:
+        with self.open(key) as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out, READ_BLOCK)
+
+
+class _ErrorMappingReader:
+    """Wraps a backend file so that read errors come out as flexingest errors."""
+
+    def __init__(self, raw: Any, storage: Storage, key: str) -> None:
+        self._raw = raw
+        self._storage = storage
+        self._key = key
+
+    def read(self, size: int = -1) -> bytes:
+        with self._storage.errors(self._key):
+            return self._raw.read(size)  # type: ignore[no-any-return]
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+    def __enter__(self) -> _ErrorMappingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._raw.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._raw)
+
+
+def _timestamp(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class S3Storage(Storage):
+    kind = "s3"
+
+    @property
+    def root(self) -> str:
+        return str(self.config.bucket)
+
+    def options(self) -> dict[str, Any]:
+        c = self.config
+        opts: dict[str, Any] = {
+            "anon": c.anonymous,
+            "config_kwargs": {
+                "connect_timeout": 2 if self.fast_fail else 10,
+                "read_timeout": 5 if self.fast_fail else self.timeout,
+                "retries": {"max_attempts": 1 if self.fast_fail else 4, "mode": "standard"},
+            },
+        }
+        if c.endpoint_url:
+            opts["endpoint_url"] = c.endpoint_url
+        if c.region:
+            opts["client_kwargs"] = {"region_name": c.region}
+        if c.profile:
+            opts["profile"] = c.profile
+        if c.role_arn:
+            opts["session"] = self._assume_role_session()
+        elif c.aws_access_key_id is not None:
+            opts["key"] = c.aws_access_key_id.get_secret_value()
+            opts["secret"] = c.aws_secret_access_key.get_secret_value()
+            if c.aws_session_token is not None:
+                opts["token"] = c.aws_session_token.get_secret_value()
+        return opts
+
+    def _make_fs(self) -> AbstractFileSystem:
+        fs = super()._make_fs()
+        fs.retries = 1 if self.fast_fail else 3  # type: ignore[attr-defined]  # s3fs' own retry layer
+        return fs
+
+    def _assume_role_session(self) -> Any:
+        """An aiobotocore session whose credentials come from STS AssumeRole and refresh."""
+        from aiobotocore.credentials import AioDeferredRefreshableCredentials
+        from aiobotocore.session import AioSession
+
+        c = self.config
+        source: dict[str, Any] = {}
+        if c.aws_access_key_id is not None:
+            source = {"aws_access_key_id": c.aws_access_key_id.get_secret_value(),
+                      "aws_secret_access_key": c.aws_secret_access_key.get_secret_value()}
+            if c.aws_session_token is not None:
+                source["aws_session_token"] = c.aws_session_token.get_secret_value()
+        if c.endpoint_url:
+            source["endpoint_url"] = c.endpoint_url
+        if c.region:
+            source["region_name"] = c.region
+
+        async def refresh() -> dict[str, str]:
+            async with AioSession(profile=c.profile).create_client("sts", **source) as sts:
+                out = await sts.assume_role(RoleArn=c.role_arn, RoleSessionName="flexingest")
+            cred = out["Credentials"]
+            return {"access_key": cred["AccessKeyId"], "secret_key": cred["SecretAccessKey"],
+                    "token": cred["SessionToken"], "expiry_time": cred["Expiration"].isoformat()}
+
+        session = AioSession(profile=c.profile)
+        # botocore keeps resolved credentials here; setting them is how a session is given
+        # refreshable credentials of our own (the assumed role's).
+        session._credentials = AioDeferredRefreshableCredentials(refresh_using=refresh, method="assume-role")
+        return session
+
+    async def _pages(self, prefix: str, page_size: int) -> AsyncIterator[list[ObjectInfo]]:
+        fs: Any = self.fs
+        kwargs: dict[str, Any] = {"Bucket": self.root, "Prefix": prefix, "MaxKeys": page_size}
+        while True:
+            out = await fs._call_s3("list_objects_v2", **kwargs)
+            yield [ObjectInfo(o["Key"], str(o.get("ETag", "")).strip('"'), int(o["Size"]),
+                              _timestamp(o.get("LastModified")))
+                   for o in out.get("Contents", []) if not o["Key"].endswith("/")]
+            if not out.get("IsTruncated") or page_size == 1:
+                return
+            kwargs["ContinuationToken"] = out["NextContinuationToken"]
+
+    def _info(self, detail: dict[str, Any], key: str) -> ObjectInfo:
+        return ObjectInfo(key, str(detail.get("ETag", "")).strip('"'), int(detail["size"]),
+                          _timestamp(detail.get("LastModified")))
+
+    def read(self, key: str) -> bytes:
+        with self.errors(key):  # one GET: s3fs would otherwise HEAD first to plan ranged reads
+            return self.fs.cat_file(self.path(key), max_concurrency=1)  # type: ignore[no-any-return]
+
+
+_fast_gcs_class: Any = None
+
+
+class GCSStorage(Storage):
+    kind = "gcs"
+
+    @property
+    def root(self) -> str:
+        return str(self.config.bucket)
+
+    def options(self) -> dict[str, Any]:
+        import json
+
+        c = self.config
+        opts: dict[str, Any] = {"requests_timeout": 10 if self.fast_fail else self.timeout}
+        if c.project:
+            opts["project"] = c.project
+        if c.endpoint_url:
+            opts["endpoint_url"] = c.endpoint_url
+        if c.anonymous:
+            opts["token"] = "anon"
+        elif c.service_account_json is not None:
+            value = c.service_account_json.get_secret_value().strip()
+            if value.startswith("{"):
+                try:
+                    opts["token"] = json.loads(value)
+                except ValueError:
+                    raise FlexingestError(
+                        f"connector {self.name!r}: service_account_json looks like JSON but does not parse") from None
+            else:
+                path = Path(value).expanduser()
+                opts["token"] = str(path if path.is_absolute() else self.base_dir / path)
+        else:
+            opts["token"] = "google_default"
+        return opts
+
+    def _make_fs(self) -> AbstractFileSystem:
+        if not self.fast_fail:
+            return super()._make_fs()
+        global _fast_gcs_class
+        if _fast_gcs_class is None:
+            import gcsfs
+            from gcsfs.retry import retry_request
+
+            class FastFailGCSFileSystem(gcsfs.GCSFileSystem):  # type: ignore[misc]
+                """gcsfs with one attempt per request (gcsfs bakes six into _request)."""
+
+                _request = retry_request(retries=1)(gcsfs.GCSFileSystem._request.__wrapped__)
+
+            _fast_gcs_class = FastFailGCSFileSystem
+        return _fast_gcs_class(**self.options())  # type: ignore[no-any-return]
+
+    async def _pages(self, prefix: str, page_size: int) -> AsyncIterator[list[ObjectInfo]]:
+        fs: Any = self.fs
+        token = None
+        while True:
+            out = await fs._call("GET", "b/{}/o", self.root, json_out=True, prefix=prefix or None,
+                                 maxResults=page_size, pageToken=token,
+                                 fields="items(name,size,generation,updated),nextPageToken")
+            yield [ObjectInfo(o["name"], str(o.get("generation", "")), int(o.get("size", 0)),
+                              _timestamp(o.get("updated")))
+                   for o in out.get("items", []) if not o["name"].endswith("/")]
+            token = out.get("nextPageToken")
+            if not token or page_size == 1:
+                return
+
+    def _info(self, detail: dict[str, Any], key: str) -> ObjectInfo:
+        return ObjectInfo(key, str(detail.get("generation", "")), int(detail["size"]),
+                          _timestamp(detail.get("updated")))
+
+
+class AzureBlobStorage(Storage):
+    kind = "azure_blob"
+
+    @property
+    def root(self) -> str:
+        return str(self.config.container)
+
+    def options(self) -> dict[str, Any]:
+        c = self.config
+        opts: dict[str, Any] = {"connection_timeout": 2 if self.fast_fail else 10,
+                                "read_timeout": 5 if self.fast_fail else int(self.timeout)}
+        if c.connection_string is not None:
+            opts["connection_string"] = c.connection_string.get_secret_value()
+            return opts
+        url = (c.account_url or "").rstrip("/")
+        if url.startswith("http://") or (url and c.account_name is None):
+            # adlfs builds https://<account_host> itself; an http endpoint (Azurite) or an
+            # account known only by URL goes through a connection string instead.
+            parts = [f"BlobEndpoint={url}"]
+            if c.account_name:
+                parts.append(f"AccountName={c.account_name}")
+            if c.account_key is not None:
+                parts.append(f"AccountKey={c.account_key.get_secret_value()}")
+            elif c.sas_token is not None:
+                parts.append(f"SharedAccessSignature={c.sas_token.get_secret_value().lstrip('?')}")
+            if c.account_key is not None or c.sas_token is not None or c.anonymous:
+                opts["connection_string"] = ";".join(parts) + ";"
+                return opts
+        if url:
+            opts["account_host"] = url.split("://", 1)[-1]
+        opts["account_name"] = c.account_name or url.split("://", 1)[-1].split(".", 1)[0]
+        if c.account_key is not None:
+            opts["account_key"] = c.account_key.get_secret_value()
+        elif c.sas_token is not None:
+            opts["sas_token"] = c.sas_token.get_secret_value()
+        opts["anon"] = bool(c.anonymous)  # False: the default Azure credential chain
+        return opts
+
+    def _request_options(self) -> dict[str, Any]:
+        if self.fast_fail:
+            return {"retry_total": 0, "connection_timeout": 2, "read_timeout": 5}
+        return {}
+
+    async def _pages(self, prefix: str, page_size: int) -> AsyncIterator[list[ObjectInfo]]:
+        fs: Any = self.fs
+        container = fs.service_client.get_container_client(self.root)
+        pages = container.list_blobs(name_starts_with=prefix or None, include=["metadata"],
+                                     results_per_page=page_size, **self._request_options()).by_page()
+        async for page in pages:
+            infos = []
+            async for b in page:
+                if b.name.endswith("/") or (b.metadata or {}).get("hdi_isfolder") == "true":
+                    continue
+                infos.append(ObjectInfo(b.name, str(b.etag).strip('"'), int(b.size),
+                                        _timestamp(b.last_modified)))
+            yield infos
+            if page_size == 1:
+                return
+
+    def _info(self, detail: dict[str, Any], key: str) -> ObjectInfo:
+        return ObjectInfo(key, str(detail.get("etag", "")).strip('"'), int(detail["size"]),
+                          _timestamp(detail.get("last_modified")))
+
+
+class LocalStorage(Storage):
+    kind = "local"
+
+    @property
+    def root(self) -> str:
+        p = Path(self.config.path).expanduser()
+        return str(p if p.is_absolute() else (self.base_dir / p).resolve())
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.root, *key.split("/"))
+
+    def describe(self, key: str | None = None) -> str:
+        return os.path.join(self.root, key) if key else self.root
+
+    def iter_pages(self, prefix: str = "", page_size: int = PAGE_SIZE) -> Iterator[list[ObjectInfo]]:
+        root = self.root
+        if not os.path.isdir(root):
+            raise BucketNotFound(f"{root}: folder not found" if not os.path.exists(root) else f"{root}: not a folder")
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise AccessDenied(f"{root}: access denied (cannot read the folder)")
+        start = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        page: list[ObjectInfo] = []
+        for key, st in self._walk(os.path.join(root, *start.split("/")) if start else root,
+                                  f"{start}/" if start else ""):
+            if key.startswith(prefix):
+                page.append(ObjectInfo(key, f"{st.st_mtime_ns}-{st.st_size}", st.st_size, st.st_mtime))
+                if len(page) >= page_size:
+                    yield page
+                    page = []
+                    if page_size == 1:
+                        return
+        yield page
+
+    def _walk(self, folder: str, rel: str) -> Iterator[tuple[str, os.stat_result]]:
+        """Files below ``folder`` with their stat, depth first, without holding the tree."""
+        try:
+            it = os.scandir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except PermissionError as exc:
+            raise AccessDenied(f"{folder}: access denied ({exc.strerror})") from None
+        with it:
+            for entry in it:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        yield from self._walk(entry.path, f"{rel}{entry.name}/")
+                    elif entry.is_file():
+                        yield f"{rel}{entry.name}", entry.stat()
+                except FileNotFoundError:
+                    continue  # deleted while listing
+
+    def info(self, key: str) -> ObjectInfo:
+        with self.errors(key):
+            st = os.stat(self.path(key))
+        if not stat.S_ISREG(st.st_mode):
+            raise ObjectGone(f"{self.describe(key)}: not a file")
+        return ObjectInfo(key, f"{st.st_mtime_ns}-{st.st_size}", st.st_size, st.st_mtime)
+
+    def open(self, key: str) -> IO[bytes]:
+        with self.errors(key):
+            return open(self.path(key), "rb")
+
+    def read(self, key: str) -> bytes:
+        with self.errors(key):
+            return Path(self.path(key)).read_bytes()
+
+    def local_path(self, key: str) -> str:
+        return self.path(key)
+
+
+STORAGES: dict[str, type[Storage]] = {
+    "azure_blob": AzureBlobStorage,
+    "gcs": GCSStorage,
+    "local": LocalStorage,
+    "s3": S3Storage,
+}
+
+
+def open_connector(connector: ConnectorBase, base_dir: Path, *, fast_fail: bool = False) -> Storage:
+    timeout = getattr(connector.config, "timeout", None)  # type: ignore[attr-defined]
+    kwargs = {"timeout": timeout.total_seconds()} if timeout is not None else {}
+    return STORAGES[connector.type](connector, base_dir, fast_fail=fast_fail, **kwargs)  # type: ignore[attr-defined]
+
+
+def test_connector(connector: ConnectorBase, base_dir: Path) -> dict[str, Any]:
+    """``flexingest test``: one bounded listing request; FlexOrch's response shape."""
+    try:
+        open_connector(connector, base_dir, fast_fail=True).check()
+    except FlexingestError as exc:
+        return {"connector": connector.name, "success": False, "message": str(exc)}
+    return {"connector": connector.name, "success": True, "message": "Connection established successfully."}
+
+
+# --------------------------------------------------------------------------- objects
+
+
+class Source:
+    """The object a step is processing: its identity, and ways to get at its bytes."""
+
+    def __init__(self, storage: Storage, info: ObjectInfo) -> None:
+        self.storage = storage
+        self.info = info
+
+    @property
+    def connector(self) -> str:
+        return self.storage.name
+
+    @property
+    def key(self) -> str:
+        return self.info.key
+
+    @property
+    def version(self) -> str:
+        return self.info.version
+
+    @property
+    def size(self) -> int:
+        return self.info.size
+
+    def open(self) -> IO[bytes]:
+        """A streaming reader; the object is never held whole in memory."""
+        return self.storage.open(self.key)
+
+    def read(self) -> bytes:
+        """The whole object in memory: for small objects only."""
+        return self.storage.read(self.key)
+
+    @contextlib.contextmanager
+    def local_path(self) -> Iterator[str]:
+        """A path on this machine holding the object (a temporary copy for clouds)."""
+        if isinstance(self.storage, LocalStorage):
+            yield self.storage.local_path(self.key)
+            return
+        import tempfile
+
+        suffix = Path(self.key).suffix[:16]
+        with tempfile.TemporaryDirectory(prefix="flexingest-") as tmp:
+            dest = Path(tmp) / f"object{suffix}"
+            self.storage.download(self.key, dest)
+            yield str(dest)

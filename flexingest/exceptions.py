@@ -1,0 +1,112 @@
+"""Every error flexingest raises.
+
+    FlexingestError
+    ├── ConfigError            the pipeline file is invalid (carries every issue found)
+    ├── StateError             the state file cannot be used (corrupt, foreign, newer schema)
+    │   └── StateLocked        another process holds the state lock
+    ├── StorageError           a connector could not do what was asked
+    │   ├── BucketNotFound
+    │   ├── AccessDenied
+    │   ├── ObjectGone         the object was deleted between listing and reading
+    │   ├── EndpointUnreachable          (transient)
+    │   └── TransientStorageError        (transient: timeouts, resets, 429, 5xx)
+    ├── StepError              a step failed for one object
+    │   └── UnsafeKey          the key would escape a local destination
+    └── ObjectSkipped          a step chose to skip the object (it is recorded done)
+
+``transient`` says whether trying again later may succeed; the sync pass retries
+transient errors with backoff inside the pass and records the others at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class FlexingestError(Exception):
+    """Base class of every error flexingest raises."""
+
+    transient: bool = False
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a pipeline file, located as precisely as the YAML allows."""
+
+    file: str
+    line: int  # 1-based; 0 when unknown
+    column: int  # 1-based; 0 when unknown
+    field: str  # e.g. "syncs[0].connector"; "" for the whole file
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line:
+            where += f":{self.line}:{self.column}"
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class ConfigError(FlexingestError):
+    """The pipeline file is invalid; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = sorted(issues, key=lambda i: (i.file, i.line, i.column, i.field))
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+class StateError(FlexingestError):
+    """The state file cannot be used as it is."""
+
+
+class StateLocked(StateError):
+    """Another process holds the lock of this state file."""
+
+    def __init__(self, lock_path: str, pid: int | None) -> None:
+        self.lock_path = lock_path
+        self.pid = pid
+        holder = f"process {pid}" if pid else "another process"
+        super().__init__(f"{holder} holds the state lock {lock_path}; another flexingest run is in progress")
+
+
+class StorageError(FlexingestError):
+    """A connector could not list or read what was asked."""
+
+
+class BucketNotFound(StorageError):
+    pass
+
+
+class AccessDenied(StorageError):
+    pass
+
+
+class ObjectGone(StorageError):
+    """The object was deleted after it was listed."""
+
+
+class EndpointUnreachable(StorageError):
+    transient = True
+
+
+class TransientStorageError(StorageError):
+    transient = True
+
+
+class StepError(FlexingestError):
+    """A step failed for one object."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class UnsafeKey(StepError):
+    def __init__(self, key: str, why: str) -> None:
+        super().__init__(f"unsafe key {key!r}: {why}")
+
+
+class ObjectSkipped(FlexingestError):
+    """A step decided the object needs no processing (e.g. ``on_unsupported: skip``).
+
+    The object is recorded ``done`` with the reason; the remaining steps do not run.
+    """

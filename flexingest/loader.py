@@ -1,0 +1,410 @@
+"""Load a pipeline YAML file into :class:`flexingest.config.Pipeline`.
+
+YAML is composed safely (no tags that build objects, alias expansion bounded), then
+walked node by node so that every value keeps its line and column; ``${VAR}``
+interpolation happens on the way. Every problem of the file is collected and raised
+at once as a :class:`~flexingest.exceptions.ConfigError`, each naming
+``FILE:LINE:COL: field.path: message``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .exceptions import ConfigError, ConfigIssue
+
+Loc = tuple[str | int, ...]
+
+MAX_NODES = 100_000  # values after alias expansion: a bound against "billion laughs"
+MAX_BYTES = 10 * 1024 * 1024
+_SCALAR_TAGS = {
+    "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null",
+}
+_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*)|(:?\?)([^}]*))?\}|\$\{([^}]*)\}?")
+
+
+def field_path(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """Expand ``${VAR}``, ``${VAR:-default}``, ``${VAR:?message}`` and ``$${``.
+
+    Returns the text and the problems found (missing variables, bad syntax).
+    ``:-`` and ``:?`` also apply when the variable is set but empty; ``-`` and ``?``
+    only when it is unset, as in POSIX shells.
+    """
+    problems: list[str] = []
+
+    def expand(m: re.Match[str]) -> str:
+        whole = m.group(0)
+        if whole == "$${":
+            return "${"
+        if m.group(6) is not None or not whole.endswith("}"):
+            problems.append(f"invalid variable reference {whole!r}: use ${{NAME}}, ${{NAME:-default}} or ${{NAME:?message}}")
+            return whole
+        name, dash_op, default, q_op, message = m.group(1, 2, 3, 4, 5)
+        value = env.get(name)
+        empty = value is None or (value == "" and ((dash_op or q_op or "").startswith(":")))
+        if dash_op:
+            return default if empty else value  # type: ignore[return-value]
+        if empty:
+            if q_op:
+                problems.append(f"{message or 'required'} (environment variable {name} is not set)")
+            else:
+                problems.append(f"environment variable {name} is not set")
+            return whole
+        return value  # type: ignore[return-value]
+
+    return _VAR.sub(expand, text), problems
+
+
+class _Walker:
+    """Turns composed YAML nodes into plain data, remembering where each value was."""
+
+    def __init__(self, file: str, env: Mapping[str, str]) -> None:
+        self.file = file
+        self.env = env
+        self.issues: list[ConfigIssue] = []
+        self.value_marks: dict[Loc, tuple[int, int]] = {}
+        self.key_marks: dict[Loc, tuple[int, int]] = {}
+        self.tainted: set[Loc] = set()  # values whose interpolation failed
+        self.nodes = 0
+        self._constructor = yaml.SafeLoader("")
+
+    def issue(self, node_or_mark: Any, loc: Loc, message: str) -> None:
+        mark = getattr(node_or_mark, "start_mark", node_or_mark)
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+        self.issues.append(ConfigIssue(self.file, line, col, field_path(loc), message))
+
+    def walk(self, node: yaml.Node, loc: Loc, active: frozenset[int] = frozenset()) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _TooBig()
+        self.value_marks[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if id(node) in active:
+            self.issue(node, loc, "recursive alias: a value contains itself")
+            return None
+        if isinstance(node, yaml.MappingNode):
+            if node.tag != "tag:yaml.org,2002:map":
+                self.issue(node, loc, f"tag {node.tag!r} is not allowed")
+                return None
+            try:
+                self._constructor.flatten_mapping(node)  # "<<: *defaults" merge keys
+            except yaml.MarkedYAMLError as exc:
+                self.issue(exc.problem_mark, loc, exc.problem or "invalid merge key")
+                return None
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = self.walk_key(key_node, loc)
+                if key is None:
+                    continue
+                if key in out:
+                    self.issue(key_node, (*loc, key), "duplicate key (the later one would silently win)")
+                    continue
+                self.key_marks[(*loc, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                out[key] = self.walk(value_node, (*loc, key), active | {id(node)})
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag != "tag:yaml.org,2002:seq":
+                self.issue(node, loc, f"tag {node.tag!r} is not allowed")
+                return None
+            return [self.walk(child, (*loc, i), active | {id(node)}) for i, child in enumerate(node.value)]
+        assert isinstance(node, yaml.ScalarNode)
+        if node.tag not in _SCALAR_TAGS:
+            self.issue(node, loc, f"tag {node.tag!r} is not allowed (only plain YAML values)")
+            return None
+        value = self._constructor.construct_object(node)
+        if isinstance(value, str):
+            value, problems = interpolate(value, self.env)
+            for problem in problems:
+                self.issue(node, loc, problem)
+            if problems:
+                self.tainted.add(loc)
+        return value
+
+    def walk_key(self, node: yaml.Node, loc: Loc) -> str | None:
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in _SCALAR_TAGS:
+            self.issue(node, loc, "mapping keys must be plain strings")
+            return None
+        key = self._constructor.construct_object(node)
+        return str(key) if key is not None else "null"
+
+
+class _TooBig(Exception):
+    pass
+
+
+def load_pipeline(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Any:
+    """Validate a pipeline file; raise ConfigError naming every problem in it."""
+    from .config import Pipeline
+
+    file = str(path)
+    env = os.environ if env is None else env
+
+    def fail(message: str, line: int = 0, col: int = 0) -> ConfigError:
+        return ConfigError([ConfigIssue(file, line, col, "", message)])
+
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise fail("no such file") from None
+    except IsADirectoryError:
+        raise fail("is a folder, not a pipeline file") from None
+    except OSError as exc:
+        raise fail(f"cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_BYTES:
+        raise fail(f"file is larger than {MAX_BYTES // (1024 * 1024)} MiB; is it really a pipeline file?")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise fail(f"not UTF-8 text (bad byte at offset {exc.start})") from None
+
+    try:
+        documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise fail(f"invalid YAML: {problem}", *((mark.line + 1, mark.column + 1) if mark else (0, 0))) from None
+    except yaml.YAMLError as exc:
+        raise fail(f"invalid YAML: {exc}") from None
+    documents = [d for d in documents if d is not None]
+    if not documents:
+        raise fail("the file is empty; a pipeline needs at least 'version: 1' and 'connectors'")
+    if len(documents) > 1:
+        m = documents[1].start_mark
+        raise fail("one pipeline per file: found a second YAML document", m.line + 1, m.column + 1)
+
+    walker = _Walker(file, env)
+    try:
+        data = walker.walk(documents[0], ())
+    except (_TooBig, RecursionError):
+        raise fail(f"the file expands to more than {MAX_NODES} values (alias bomb?); refusing to load it") from None
+    if not isinstance(data, dict):
+        raise ConfigError([*walker.issues, ConfigIssue(file, 1, 1, "", "the top level must be a mapping with 'version', 'connectors', ...")])
+
+    issues = list(walker.issues)
+    try:
+        pipeline = Pipeline.model_validate(data)
+    except ValidationError as exc:
+        pipeline = None
+        for error in exc.errors():
+            issue = _issue_from_pydantic(error, data, walker)
+            if issue is not None:
+                issues.append(issue)
+    issues.extend(_reference_issues(data, walker))
+    if issues:
+        raise ConfigError(_dedupe(issues))
+    assert pipeline is not None
+    pipeline._path = Path(path)
+    return pipeline
+
+
+def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    seen: set[tuple[int, int, str, str]] = set()
+    out = []
+    for i in issues:
+        k = (i.line, i.column, i.field, i.message)
+        if k not in seen:
+            seen.add(k)
+            out.append(i)
+    return out
+
+
+# --------------------------------------------------------------------------- pydantic errors
+
+
+def _resolve(loc: tuple[Any, ...], data: Any) -> tuple[Loc, list[Any]]:
+    """Map a pydantic loc (with union tags) onto the data: matched path + unmatched rest."""
+    matched: list[str | int] = []
+    rest: list[Any] = []
+    cur = data
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        if isinstance(cur, dict) and part in cur:
+            matched.append(part)
+            cur = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+            matched.append(part)
+            cur = cur[part]
+        elif parts and isinstance(part, str) and not (isinstance(cur, dict) and part in cur):
+            continue  # a union tag such as 's3' or a step's wrapper: not in the data
+        else:
+            rest = [part, *parts]
+            break
+    return tuple(matched), rest
+
+
+def _issue_from_pydantic(error: Mapping[str, Any], data: Any, walker: _Walker) -> ConfigIssue | None:
+    etype = error["type"]
+    loc, rest = _resolve(error["loc"], data)
+    if loc in walker.tainted:
+        return None  # the missing variable was already reported here
+    message = error["msg"]
+    ctx = error.get("ctx") or {}
+    mark = walker.value_marks.get(loc, (0, 0))
+    display = loc
+    if etype == "extra_forbidden":
+        mark = walker.key_marks.get(loc, mark)
+        model = _model_at(error["loc"][:-1])
+        known = sorted(model.model_fields) if model else []
+        if model is not None:
+            known = [f.alias or n for n, f in model.model_fields.items()]
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        message = f"unknown field {loc[-1]!r}"
+        message += f" (did you mean {hint[0]!r}?)" if hint else (f" (expected one of: {', '.join(known)})" if known else "")
+    elif etype == "missing":
+        display = (*loc, *rest)
+        message = "required field missing"
+    elif etype in ("union_tag_invalid", "union_tag_not_found") and "steps" in loc:
+        if etype == "union_tag_not_found":
+            message = "a step is one step name with its options, e.g. '- write_jsonl: {path: out.jsonl}'"
+        else:
+            from .steps import known_steps
+
+            tag = ctx.get("tag")
+            names = list(known_steps())
+            hint = difflib.get_close_matches(str(tag), names, n=1)
+            message = (f"unknown step {tag!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                       + f" (known: {', '.join(names)})")
+    elif etype == "union_tag_invalid":
+        display = (*loc, "type")
+        mark = walker.value_marks.get(display, mark)
+        message = f"unknown connector type {ctx.get('tag')!r} (known: azure_blob, gcs, local, s3)"
+    elif etype == "union_tag_not_found":
+        display = (*loc, "type")
+        message = "required field missing (one of azure_blob, gcs, local, s3)"
+    elif etype in ("literal_error", "enum"):
+        message = f"{message[0].lower()}{message[1:]}, got {error.get('input')!r}"
+    elif etype == "value_error":
+        message = message.removeprefix("Value error, ")
+    else:
+        message = message[0].lower() + message[1:]
+    if loc and str(loc[-1]) in _secret_fields():
+        message = message.split(", got ")[0]  # never echo a secret value
+    return ConfigIssue(walker.file, mark[0], mark[1], field_path(display), message)
+
+
+def _secret_fields() -> frozenset[str]:
+    from .config import SECRET_FIELDS
+
+    return SECRET_FIELDS
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that a pydantic loc points into (following union tags)."""
+    from .config import Pipeline
+
+    current: Any = Pipeline
+    for part in loc:
+        current = _step_into(current, part)
+        if current is None:
+            return None
+    current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(tp: Any) -> Any:
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _step_into(tp: Any, part: Any) -> Any:
+    tp = _unwrap(tp)
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        return typing.get_args(tp)[0] if isinstance(part, int) else None
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        members = [_unwrap(m) for m in typing.get_args(tp) if m is not type(None)]
+        for m in members:  # a union tag names the member
+            if isinstance(m, type) and issubclass(m, BaseModel):
+                if getattr(m, "step_name", None) == part:
+                    return m
+                field = m.model_fields.get("type")
+                if field is not None and part in typing.get_args(field.annotation):
+                    return m
+        for m in members:
+            found = _step_into(m, part)
+            if found is not None:
+                return found
+        return None
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        for name, field in tp.model_fields.items():
+            if part in (name, field.alias):
+                return field.annotation
+    return None
+
+
+# --------------------------------------------------------------------------- references
+
+
+def _reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue]:
+    """Cross-field checks on the raw data, so they are reported with the other errors."""
+    issues: list[ConfigIssue] = []
+
+    def add(loc: Loc, message: str) -> None:
+        line, col = walker.value_marks.get(loc, (0, 0))
+        issues.append(ConfigIssue(walker.file, line, col, field_path(loc), message))
+
+    connectors = data.get("connectors") if isinstance(data.get("connectors"), list) else []
+    names: dict[str, int] = {}
+    ids: dict[int, int] = {}
+    for i, c in enumerate(connectors):
+        if not isinstance(c, dict):
+            continue
+        name, cid = c.get("name"), c.get("id")
+        if isinstance(name, str):
+            if name in names:
+                add(("connectors", i, "name"), f"duplicate connector name {name!r} (also connectors[{names[name]}])")
+            names.setdefault(name, i)
+        if isinstance(cid, int) and not isinstance(cid, bool):
+            if cid in ids:
+                add(("connectors", i, "id"), f"duplicate connector id {cid} (also connectors[{ids[cid]}])")
+            ids.setdefault(cid, i)
+
+    top_steps = data.get("steps")
+    syncs = data.get("syncs") if isinstance(data.get("syncs"), list) else []
+    sync_names: dict[str, int] = {}
+    for i, s in enumerate(syncs):
+        if not isinstance(s, dict):
+            continue
+        name = s.get("name")
+        if isinstance(name, str):
+            if name in sync_names:
+                add(("syncs", i, "name"), f"duplicate sync name {name!r} (also syncs[{sync_names[name]}])")
+            sync_names.setdefault(name, i)
+        ref = s.get("connector")
+        if isinstance(ref, (str, int)) and not isinstance(ref, bool) and names:
+            by_id = (isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit())) and int(ref) in ids
+            if ref not in names and not by_id:
+                hint = difflib.get_close_matches(str(ref), list(names), n=1)
+                add(("syncs", i, "connector"),
+                    f"unknown connector {ref!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    + f" (known: {', '.join(names)})")
+        if s.get("steps") is None and not top_steps:
+            add(("syncs", i), "no steps: give this sync 'steps' or declare top-level 'steps'")
+
+    step_lists: list[tuple[Loc, Any]] = [(("steps",), top_steps)]
+    step_lists += [(("syncs", i, "steps"), s.get("steps")) for i, s in enumerate(syncs) if isinstance(s, dict)]
+    for loc, steps in step_lists:
+        for j, step in enumerate(steps if isinstance(steps, list) else []):
+            if isinstance(step, dict) and len(step) == 1:
+                (step_name, options), = step.items()
+                ref = options.get("connector") if isinstance(options, dict) else None
+                if isinstance(ref, str) and names and ref not in names:
+                    add((*loc, j, step_name, "connector"), f"unknown connector {ref!r} (known: {', '.join(names)})")
+    return issues

@@ -1,0 +1,124 @@
+"""``flexingest run``: every sync on its schedule, with APScheduler 3.x used directly.
+
+One job per sync, a first pass at start, never two passes of one sync at once
+(``max_instances=1``), missed runs coalesced into one and run however late. The caller
+holds the state lock for the service's lifetime and owns signal handling: when the
+:class:`~flexingest.sync.StopToken` is set, passes stop taking objects, in-flight ones
+get the grace time, and :func:`serve` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable
+
+from .state import State
+from .sync import PassResult, ProgressCallback, StopToken, run_pass
+
+if TYPE_CHECKING:
+    from .config import Cron, Every, Pipeline, Sync
+
+log = logging.getLogger(__name__)
+
+
+def trigger_for(schedule: Every | Cron) -> Any:
+    """The APScheduler trigger of a ``schedule:`` mapping."""
+    from zoneinfo import ZoneInfo
+
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    every = getattr(schedule, "every", None)
+    if every is not None:
+        return IntervalTrigger(seconds=max(every.total_seconds(), 0.001), timezone=timezone.utc)
+    return CronTrigger.from_crontab(schedule.cron, timezone=ZoneInfo(schedule.timezone))  # type: ignore[union-attr]
+
+
+def next_due(sync: Sync, last_started: str | None, now: datetime | None = None) -> datetime | None:
+    """When the service would next run this sync, given its last pass start (for ``status``)."""
+    now = now or datetime.now(timezone.utc)
+    every = getattr(sync.schedule, "every", None)
+    if every is not None:
+        if last_started is None:
+            return now
+        due: datetime = datetime.fromisoformat(last_started.replace("Z", "+00:00")) + every
+        return due
+    fire: datetime | None = trigger_for(sync.schedule).get_next_fire_time(None, now)
+    return fire
+
+
+class _Running:
+    """Counts passes in flight so that a stop can wait for them, bounded."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.cond = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self.cond:
+            self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self.cond:
+            self.count -= 1
+            self.cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: self.count == 0, timeout)
+
+
+def serve(pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
+          on_result: Callable[[PassResult], None],
+          progress: Callable[[str], ProgressCallback | None] = lambda name: None) -> None:
+    """Run ``syncs`` on their schedules until ``stop`` is requested."""
+    from apscheduler.executors.pool import ThreadPoolExecutor
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    running = _Running()
+
+    def job(sync: Sync) -> None:
+        if stop.is_set():
+            return
+        with running:
+            try:
+                with State(pipeline.state_path) as state:
+                    result = run_pass(pipeline, sync, state, stop=stop, on_progress=progress(sync.name))
+                on_result(result)
+            except Exception:  # noqa: BLE001 - the service outlives one bad pass
+                log.exception("%s: the pass failed unexpectedly; the next one runs on schedule", sync.name)
+
+    scheduler = BackgroundScheduler(
+        executors={"default": ThreadPoolExecutor(max_workers=max(1, len(syncs)))},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        timezone=timezone.utc,
+    )
+    start = datetime.now(timezone.utc)
+    for sync in syncs:
+        scheduler.add_job(job, trigger_for(sync.schedule), args=[sync], id=sync.name, name=sync.name,
+                          next_run_time=start)
+    scheduler.start()
+    log.info("running %d sync(s): %s", len(syncs), ", ".join(
+        f"{s.name} ({_describe(s)})" for s in syncs))
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        scheduler.shutdown(wait=False)
+        grace = stop.remaining()
+        started_wait = time.monotonic()
+        # passes stop taking objects at once and give in-flight ones the grace time;
+        # a pass blocked in a slow request gets a few seconds more, then is left behind
+        if not running.wait_idle((grace if grace is not None else 0) + 5):
+            log.warning("a pass is still busy %.0fs after the stop; leaving it (nothing it did not commit is lost)",
+                        time.monotonic() - started_wait)
+
+
+def _describe(sync: Sync) -> str:
+    every = getattr(sync.schedule, "every", None)
+    if every is not None:
+        return f"every {every.total_seconds():g}s"
+    return f"cron '{sync.schedule.cron}' {sync.schedule.timezone}"  # type: ignore[union-attr]

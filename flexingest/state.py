@@ -1,0 +1,429 @@
+"""The state file: which version of which key each sync has processed, and its runs.
+
+SQLite in WAL mode, with named migrations recorded in a table and applied forward in a
+transaction each. A file that is not ours, is empty, truncated or fails
+``PRAGMA quick_check`` is refused, never reset: a reset would reprocess a whole bucket.
+
+A pass streams its listing into a temporary table and diffs it against ``objects``
+with SQL, so neither the listing nor the state is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .exceptions import StateError, StateLocked
+
+APPLICATION_ID = 0x466C7849  # "FlxI", in the SQLite header: marks the file as ours
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_initial", """
+        CREATE TABLE objects (
+            sync TEXT NOT NULL,
+            key TEXT NOT NULL,
+            version TEXT NOT NULL,
+            size INTEGER,
+            modified REAL,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed', 'dead')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            processed_at TEXT,
+            gone_at TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (sync, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX objects_by_status ON objects (sync, status) WHERE status != 'done';
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            sync TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            listed INTEGER NOT NULL DEFAULT 0,
+            new INTEGER NOT NULL DEFAULT 0,
+            changed INTEGER NOT NULL DEFAULT 0,
+            done INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            dead INTEGER NOT NULL DEFAULT 0,
+            gone INTEGER NOT NULL DEFAULT 0,
+            result TEXT,
+            error TEXT
+        );
+        CREATE INDEX runs_by_sync ON runs (sync, id);
+    """),
+]
+
+#: What the diff says of a listed key. Processed: new, changed, retry.
+CLASSIFY = """
+    CASE
+        WHEN L.skip IS NOT NULL THEN 'filtered'
+        WHEN O.key IS NULL THEN 'new'
+        WHEN O.version IS NOT L.version THEN
+            CASE WHEN O.status = 'done' AND :ignore_changes THEN 'ignored' ELSE 'changed' END
+        WHEN O.status = 'done' THEN 'done'
+        WHEN O.status = 'dead' THEN 'dead'
+        ELSE 'retry'
+    END
+"""
+TO_PROCESS = ("new", "changed", "retry")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Plan:
+    """The diff of one listing against the state: how many keys fall in each class."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def to_process(self) -> int:
+        return sum(self.counts.get(k, 0) for k in TO_PROCESS)
+
+    @property
+    def listed(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one object, to be recorded."""
+
+    key: str
+    version: str
+    size: int | None
+    modified: float | None
+    status: str  # done | failed | gone
+    error: str | None = None
+
+
+class State:
+    """One connection to a state file. Use from one thread."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+        """Open (or create) a state file; ``":memory:"`` gives a throwaway one."""
+        self.path = Path(path)
+        memory = str(path) == ":memory:"
+        existed = not memory and self.path.exists()
+        if existed:
+            self._check_header()
+        elif not create:
+            raise StateError(f"state file {self.path} does not exist yet (no pass has run)")
+        elif not memory:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StateError(f"cannot create the state folder {self.path.parent}: {exc.strerror}") from None
+        try:
+            self.db = sqlite3.connect(str(path) if memory else self.path, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open state file {self.path}: {exc}") from None
+        self.db.row_factory = sqlite3.Row
+        try:
+            if existed:
+                self._check_integrity()
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA temp_store=FILE")
+            self._migrate(new=not existed)
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise StateError(self._refusal(f"SQLite says: {exc}")) from None
+
+    # ------------------------------------------------------------------ opening
+
+    def _refusal(self, why: str) -> str:
+        return (f"state file {self.path} cannot be used: {why}. It was not changed. "
+                f"Restore it from a backup, or move it away to start over "
+                f"(every object will then be processed again).")
+
+    def _check_header(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(100)
+        except OSError as exc:
+            raise StateError(f"cannot read state file {self.path}: {exc.strerror}") from None
+        if not head:
+            raise StateError(self._refusal("the file is empty (truncated?)"))
+        if not head.startswith(SQLITE_MAGIC):
+            raise StateError(self._refusal("it is not a SQLite database (corrupt, or another program's file)"))
+        if len(head) < 100:
+            raise StateError(self._refusal("the file is truncated"))
+        app_id = int.from_bytes(head[68:72], "big")
+        if app_id not in (0, APPLICATION_ID):
+            raise StateError(self._refusal(f"it belongs to another program (application id {app_id:#x})"))
+
+    def _check_integrity(self) -> None:
+        rows = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
+        if rows != ["ok"]:
+            raise StateError(self._refusal("it is corrupt (" + "; ".join(rows[:3]) + ")"))
+        app_id = self.db.execute("PRAGMA application_id").fetchone()[0]
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if app_id != APPLICATION_ID and tables:
+            raise StateError(self._refusal(f"it is another program's SQLite database (tables: "
+                                           f"{', '.join(sorted(tables)[:5])})"))
+
+    def _migrate(self, *, new: bool) -> None:
+        db = self.db
+        with self.transaction():
+            if new or db.execute("PRAGMA application_id").fetchone()[0] == 0:
+                db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+            applied = {r[0] for r in db.execute("SELECT name FROM migrations")}
+        known = {name for name, _ in MIGRATIONS}
+        unknown = sorted(applied - known)
+        if unknown:
+            raise StateError(self._refusal(
+                f"it was written by a newer flexingest (schema {unknown[-1]}); upgrade flexingest"))
+        for name, sql in MIGRATIONS:
+            if name in applied:
+                continue
+            with self.transaction():
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO migrations VALUES (?, ?)", (name, now_iso()))
+
+    @contextlib.contextmanager
+    def transaction(self, *, immediate: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction; ``immediate=False`` for work on temporary tables only."""
+        self.db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> State:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ listing and diff
+
+    def begin_listing(self) -> None:
+        db = self.db
+        db.execute("DROP TABLE IF EXISTS temp.listing")
+        db.execute("DROP TABLE IF EXISTS temp.todo")
+        db.execute("""CREATE TEMP TABLE listing (key TEXT PRIMARY KEY, version TEXT NOT NULL, size INTEGER,
+                      modified REAL, skip TEXT) WITHOUT ROWID""")
+
+    def add_listing(self, rows: Iterable[tuple[str, str, int, float | None, str | None]]) -> None:
+        with self.transaction(immediate=False) as db:
+            db.executemany("INSERT OR REPLACE INTO temp.listing VALUES (?, ?, ?, ?, ?)", rows)
+
+    def add_keys(self, rows: Iterable[tuple[str, str, int, float | None]]) -> None:
+        """List exactly these objects (``flexingest process``): all processed, whatever their state."""
+        self.add_listing((k, v, s, m, None) for k, v, s, m in rows)
+
+    def plan(self, sync: str, *, ignore_changes: bool = False, force: bool = False) -> Plan:
+        """Diff the listing against the state into a ``todo`` table; count each class.
+
+        ``force`` processes every listed key whatever the state says (``process``).
+        """
+        db = self.db
+        params = {"sync": sync, "ignore_changes": int(ignore_changes)}
+        reason = "'forced'" if force else CLASSIFY
+        with self.transaction(immediate=False):
+            db.execute("DROP TABLE IF EXISTS temp.todo")
+            db.execute(f"""
+                CREATE TEMP TABLE todo AS
+                SELECT L.key AS key, L.version AS version, L.size AS size, L.modified AS modified,
+                       {reason} AS reason
+                FROM temp.listing L LEFT JOIN objects O ON O.sync = :sync AND O.key = L.key
+            """, params)
+        counts = {r[0]: r[1] for r in db.execute("SELECT reason, count(*) FROM temp.todo GROUP BY reason")}
+        if force:
+            counts = {"new": counts.pop("forced", 0)}
+            with self.transaction(immediate=False):
+                db.execute("UPDATE temp.todo SET reason = 'new'")
+        return Plan(counts)
+
+    def planned(self, batch: int = 500) -> Iterator[list[sqlite3.Row]]:
+        """The keys to process, in batches, in listing order."""
+        last = 0
+        placeholders = ",".join("?" * len(TO_PROCESS))
+        while True:
+            rows = self.db.execute(
+                f"SELECT rowid, * FROM temp.todo WHERE rowid > ? AND reason IN ({placeholders}) "
+                f"ORDER BY rowid LIMIT ?", (last, *TO_PROCESS, batch)).fetchall()
+            if not rows:
+                return
+            last = rows[-1]["rowid"]
+            yield rows
+
+    def explain(self) -> Iterator[tuple[str, str, str | None]]:
+        """Every listed key with its class and, for filtered keys, why (``--dry-run``)."""
+        yield from self.db.execute(
+            "SELECT T.reason, T.key, L.skip FROM temp.todo T JOIN temp.listing L ON L.key = T.key ORDER BY T.rowid")
+
+    def mark_gone(self, sync: str) -> int:
+        """Objects of the sync that the (complete) listing no longer shows."""
+        with self.transaction() as db:
+            cur = db.execute("""UPDATE objects SET gone_at = :now, updated_at = :now
+                                WHERE sync = :sync AND gone_at IS NULL
+                                AND NOT EXISTS (SELECT 1 FROM temp.listing L WHERE L.key = objects.key)""",
+                             {"sync": sync, "now": now_iso()})
+            return cur.rowcount
+
+    def unmark_gone(self, sync: str) -> None:
+        """Objects listed again after they were marked gone."""
+        with self.transaction() as db:
+            db.execute("""UPDATE objects SET gone_at = NULL, updated_at = :now
+                          WHERE sync = :sync AND gone_at IS NOT NULL
+                          AND EXISTS (SELECT 1 FROM temp.listing L WHERE L.key = objects.key)""",
+                       {"sync": sync, "now": now_iso()})
+
+    # ------------------------------------------------------------------ outcomes
+
+    def record(self, sync: str, outcomes: list[Outcome], max_attempts: int) -> dict[str, int]:
+        """Commit a batch of outcomes in one transaction; returns how many became dead."""
+        now = now_iso()
+        dead = 0
+        with self.transaction() as db:
+            for o in outcomes:
+                if o.status == "gone":
+                    db.execute("""INSERT INTO objects (sync, key, version, size, modified, status, attempts,
+                                                       error, gone_at, updated_at)
+                                  VALUES (?, ?, ?, ?, ?, 'pending', 0, 'deleted before it was read', ?, ?)
+                                  ON CONFLICT (sync, key) DO UPDATE SET gone_at = excluded.gone_at,
+                                      updated_at = excluded.updated_at""",
+                               (sync, o.key, o.version, o.size, o.modified, now, now))
+                    continue
+                attempts_sql = "CASE WHEN objects.version = excluded.version THEN objects.attempts + 1 ELSE 1 END"
+                if o.status == "done":
+                    db.execute(f"""INSERT INTO objects (sync, key, version, size, modified, status, attempts,
+                                                        error, processed_at, gone_at, updated_at)
+                                   VALUES (?, ?, ?, ?, ?, 'done', 1, ?, ?, NULL, ?)
+                                   ON CONFLICT (sync, key) DO UPDATE SET
+                                       attempts = {attempts_sql}, version = excluded.version,
+                                       size = excluded.size, modified = excluded.modified, status = 'done',
+                                       error = excluded.error, processed_at = excluded.processed_at,
+                                       gone_at = NULL, updated_at = excluded.updated_at""",
+                               (sync, o.key, o.version, o.size, o.modified, o.error, now, now))
+                else:
+                    row = db.execute(f"""INSERT INTO objects (sync, key, version, size, modified, status, attempts,
+                                                              error, gone_at, updated_at)
+                                   VALUES (:sync, :key, :version, :size, :modified,
+                                           CASE WHEN 1 >= :max THEN 'dead' ELSE 'failed' END, 1, :error, NULL, :now)
+                                   ON CONFLICT (sync, key) DO UPDATE SET
+                                       attempts = {attempts_sql},
+                                       status = CASE WHEN {attempts_sql} >= :max THEN 'dead' ELSE 'failed' END,
+                                       version = excluded.version, size = excluded.size,
+                                       modified = excluded.modified, error = excluded.error,
+                                       gone_at = NULL, updated_at = excluded.updated_at
+                                   RETURNING status""",
+                                     {"sync": sync, "key": o.key, "version": o.version, "size": o.size,
+                                      "modified": o.modified, "error": o.error, "max": max_attempts,
+                                      "now": now}).fetchone()
+                    dead += row[0] == "dead"
+        return {"dead": dead}
+
+    def retry(self, sync: str | None = None) -> int:
+        """Put failed and dead objects back to be processed on the next pass."""
+        with self.transaction() as db:
+            cur = db.execute("""UPDATE objects SET status = 'pending', attempts = 0, updated_at = ?
+                                WHERE status IN ('failed', 'dead') AND (? IS NULL OR sync = ?)""",
+                             (now_iso(), sync, sync))
+            return cur.rowcount
+
+    # ------------------------------------------------------------------ runs and status
+
+    def start_run(self, sync: str, kind: str) -> int:
+        with self.transaction() as db:
+            cur = db.execute("INSERT INTO runs (sync, kind, started_at) VALUES (?, ?, ?)", (sync, kind, now_iso()))
+            return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, counts: dict[str, int], result: str, error: str | None = None) -> None:
+        cols = ("listed", "new", "changed", "done", "failed", "dead", "gone")
+        with self.transaction() as db:
+            db.execute(f"""UPDATE runs SET ended_at = ?, result = ?, error = ?,
+                           {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?""",
+                       (now_iso(), result, error, *(int(counts.get(c, 0)) for c in cols), run_id))
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per sync: object counts by status, and the last run."""
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.db.execute("""
+                SELECT sync,
+                       sum(gone_at IS NULL AND status = 'done') AS done,
+                       sum(gone_at IS NULL AND status = 'failed') AS failed,
+                       sum(gone_at IS NULL AND status = 'dead') AS dead,
+                       sum(gone_at IS NULL AND status = 'pending') AS pending,
+                       sum(gone_at IS NOT NULL) AS gone
+                FROM objects GROUP BY sync"""):
+            out[r["sync"]] = {k: r[k] for k in ("done", "failed", "dead", "pending", "gone")}
+        for r in self.db.execute("""SELECT * FROM runs WHERE id IN (SELECT max(id) FROM runs GROUP BY sync)"""):
+            entry = out.setdefault(r["sync"], {k: 0 for k in ("done", "failed", "dead", "pending", "gone")})
+            entry["last_run"] = {k: r[k] for k in r.keys() if k not in ("id", "sync")}
+        return out
+
+    def problems(self, sync: str, limit: int = 20) -> list[sqlite3.Row]:
+        """Failed and dead objects of a sync, most recent first."""
+        return self.db.execute("""SELECT key, status, attempts, error, updated_at FROM objects
+                                  WHERE sync = ? AND status IN ('failed', 'dead') AND gone_at IS NULL
+                                  ORDER BY updated_at DESC LIMIT ?""", (sync, limit)).fetchall()
+
+    def objects(self, sync: str) -> list[sqlite3.Row]:
+        """Every row of a sync (for tests and small inspections)."""
+        return self.db.execute("SELECT * FROM objects WHERE sync = ? ORDER BY key", (sync,)).fetchall()
+
+
+# ---------------------------------------------------------------------- lock
+
+
+class StateLock:
+    """An exclusive lock on a state file, held through ``<state>.lock`` (flock).
+
+    The lock dies with its process, ``kill -9`` included, so a crash never leaves a
+    stale lock behind. The file holds the holder's pid, for the message of the next.
+    """
+
+    def __init__(self, state_path: str | os.PathLike[str]) -> None:
+        self.path = Path(f"{state_path}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = None
+            with contextlib.suppress(ValueError, OSError):
+                time.sleep(0.05)  # the holder may be writing its pid right now
+                pid = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+            os.close(fd)
+            raise StateLocked(str(self.path), pid) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> StateLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,140 @@
+"""Processing steps and the registry that finds them.
+
+A step is a subclass of :class:`Step` with an ``Options`` model (what the YAML may say
+under its name) and one method, :meth:`Step.process`, that receives an object's record
+and a handle to its bytes and returns the record for the next step.
+
+Built-in steps are listed in :data:`BUILTIN_STEPS`; third-party steps register under the
+entry-point group ``flexingest.steps``::
+
+    [project.entry-points."flexingest.steps"]
+    redact = "mypkg.steps:Redact"
+
+Step modules are imported on first use and checked against :class:`Step`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ..exceptions import FlexingestError
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+    from ..connectors import Source
+
+ENTRY_POINT_GROUP = "flexingest.steps"
+
+BUILTIN_STEPS: dict[str, str] = {
+    "command": "flexingest.steps.command:Command",
+    "copy": "flexingest.steps.copy:Copy",
+    "extract_text": "flexingest.steps.extract_text:ExtractText",
+    "python": "flexingest.steps.python:Python",
+    "webhook": "flexingest.steps.webhook:Webhook",
+    "write_json": "flexingest.steps.write_json:WriteJson",
+    "write_jsonl": "flexingest.steps.write_jsonl:WriteJsonl",
+}
+
+#: What a step receives and returns: connector, sync, key, version, size, modified,
+#: text, metadata, plus whatever earlier steps added.
+Record = dict[str, Any]
+
+
+class StepOptions(BaseModel):
+    """Base of every step's options model: unknown options are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class StepContext:
+    """What a step may know of its surroundings when it is built."""
+
+    #: The pipeline file's folder: relative output paths resolve against it.
+    base_dir: Path
+    #: Opens a destination: ``(url, connector name or None) -> (filesystem, path)``.
+    open_destination: Callable[[str, str | None], tuple[AbstractFileSystem, str]] = field(
+        default=lambda url, connector: _default_destination(url)
+    )
+
+
+class Step:
+    """Base class of every step.
+
+    ``process`` is called from several threads at once (up to the sync's
+    ``concurrency``); a step that keeps shared state guards it with a lock.
+    """
+
+    Options: ClassVar[type[StepOptions]] = StepOptions
+
+    def __init__(self, options: StepOptions, context: StepContext) -> None:
+        self.options = options
+        self.context = context
+
+    def process(self, record: Record, source: Source) -> Record:
+        """Process one object; return the record for the next step, or raise."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Make everything written so far durable. Called before objects are recorded done."""
+
+    def close(self) -> None:
+        """Release what the step holds. Called once, after its last ``process``."""
+
+
+@dataclass(frozen=True)
+class StepCall:
+    """One entry of a ``steps:`` list: a step name and its validated options."""
+
+    name: str
+    options: StepOptions
+
+    def build(self, context: StepContext) -> Step:
+        return step_class(self.name)(self.options, context)
+
+
+_lock = threading.Lock()
+_classes: dict[str, type[Step]] = {}
+
+
+def _entry_points() -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def known_steps() -> dict[str, str]:
+    """Every step name (built-in and registered) -> its ``module:Class`` path, sorted."""
+    found = {**_entry_points(), **BUILTIN_STEPS}  # a plugin may not shadow a built-in
+    return dict(sorted(found.items()))
+
+
+def step_class(name: str) -> type[Step]:
+    """Import the step registered as ``name`` and check it is a :class:`Step`."""
+    with _lock:
+        if name in _classes:
+            return _classes[name]
+        target = known_steps().get(name)
+        if target is None:
+            raise FlexingestError(f"unknown step {name!r} (known: {', '.join(known_steps())})")
+        module_name, _, attr = target.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise FlexingestError(f"step {name!r} could not be loaded from {target!r}: {exc}") from exc
+        if not (isinstance(obj, type) and issubclass(obj, Step)):
+            raise FlexingestError(f"step {name!r} ({target}) is not a subclass of flexingest.steps.Step")
+        _classes[name] = obj
+        return obj
+
+
+def _default_destination(url: str) -> tuple[AbstractFileSystem, str]:
+    from fsspec.core import url_to_fs
+
+    return url_to_fs(url)

@@ -1,0 +1,103 @@
+"""Writing one output per object to a destination URL, shared by ``write_json`` and ``copy``.
+
+Local destinations refuse keys that could escape them and write through a temporary
+file renamed into place, so that a crash never leaves a partial output. Remote
+destinations rely on the store's own atomic puts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import IO
+
+from pydantic import Field
+
+from ..exceptions import StepError, UnsafeKey
+from . import StepContext, StepOptions
+
+CHUNK = 4 * 1024 * 1024
+
+
+class DestinationOptions(StepOptions):
+    url: str = Field(min_length=1, description="an fsspec URL or a local folder (relative to the pipeline file)")
+    connector: str | None = Field(
+        None, description="a declared connector whose credentials open `url`; `url` is then a path in its bucket")
+
+
+def check_key(key: str) -> list[str]:
+    """The path segments of ``key`` for a local destination, or UnsafeKey."""
+    if "\x00" in key:
+        raise UnsafeKey(key, "contains a NUL byte")
+    if "\\" in key:
+        raise UnsafeKey(key, "contains a backslash")
+    if key.startswith("/"):
+        raise UnsafeKey(key, "is an absolute path")
+    parts = key.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise UnsafeKey(key, "has an empty, '.' or '..' path segment")
+        if len(part.encode("utf-8", "surrogatepass")) > 255:
+            raise UnsafeKey(key, "has a path segment longer than 255 bytes")
+    return parts
+
+
+class Destination:
+    """``<url>/<key><suffix>`` on any fsspec filesystem."""
+
+    def __init__(self, options: DestinationOptions, context: StepContext) -> None:
+        from fsspec.implementations.local import LocalFileSystem
+
+        self.fs, root = context.open_destination(options.url, options.connector)
+        self.local = isinstance(self.fs, LocalFileSystem)
+        self.root = os.path.realpath(root) if self.local else root.rstrip("/")
+
+    def target(self, key: str, suffix: str = "") -> str:
+        if not self.local:
+            return f"{self.root}/{key}{suffix}"
+        parts = check_key(key)
+        if len((parts[-1] + suffix).encode()) > 255:
+            raise UnsafeKey(key, "its file name is longer than 255 bytes")
+        path = os.path.join(self.root, *parts[:-1], parts[-1] + suffix)
+        parent = os.path.realpath(os.path.dirname(path))
+        if parent != self.root and not parent.startswith(self.root + os.sep):
+            raise UnsafeKey(key, "resolves outside the destination (through a symbolic link)")
+        return path
+
+    def write_bytes(self, key: str, data: bytes, suffix: str = "") -> str:
+        path = self.target(key, suffix)
+        if self.local:
+            self._write_local(path, lambda out: out.write(data))
+        else:
+            self.fs.pipe_file(path, data)
+        return path
+
+    def write_stream(self, key: str, src: IO[bytes], suffix: str = "") -> str:
+        path = self.target(key, suffix)
+        if self.local:
+            self._write_local(path, lambda out: shutil.copyfileobj(src, out, CHUNK))
+        else:
+            with self.fs.open(path, "wb", block_size=max(CHUNK, 5 * 1024 * 1024)) as out:
+                shutil.copyfileobj(src, out, CHUNK)
+        return path
+
+    def _write_local(self, path: str, write: object) -> None:
+        folder, name = os.path.split(path)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StepError(f"cannot create folder {folder}: a file of that name is in the way") from None
+        if os.path.isdir(path):
+            raise StepError(f"cannot write {path}: a folder of that name is in the way")
+        fd, tmp = tempfile.mkstemp(prefix=f".{name[:100]}.", suffix=".part", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                write(out)  # type: ignore[operator]
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise

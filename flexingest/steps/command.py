@@ -1,0 +1,77 @@
+"""``command``: run a program on a local copy of the object; its stdout becomes the text."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from datetime import timedelta
+
+from pydantic import Field
+
+from ..connectors import Source
+from ..exceptions import StepError
+from ..units import Duration
+from . import Record, Step, StepOptions
+
+STDERR_TAIL = 2000
+
+
+class CommandOptions(StepOptions):
+    argv: list[str] = Field(min_length=1, description="the program and its arguments; {path}, {key}, "
+                                                      "{version} and {connector} are substituted")
+    timeout: Duration = Field(timedelta(minutes=5), description="the program is killed after this")
+
+
+def tail(data: bytes, limit: int = STDERR_TAIL) -> str:
+    text = data.decode("utf-8", "replace").strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+class Command(Step):
+    """Runs ``argv`` without a shell, in its own process group (killed whole on timeout)."""
+
+    Options = CommandOptions
+    options: CommandOptions
+
+    def process(self, record: Record, source: Source) -> Record:
+        seconds = self.options.timeout.total_seconds()
+        with source.local_path() as path:
+            values = {"{path}": path, "{key}": source.key, "{version}": source.version,
+                      "{connector}": source.connector}
+            argv = [self._substitute(arg, values) for arg in self.options.argv]
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, start_new_session=True,
+                                        cwd=self.context.base_dir)
+            except OSError as exc:
+                raise StepError(f"cannot run {argv[0]!r}: {exc.strerror}") from None
+            try:
+                out, err = proc.communicate(timeout=seconds)
+            except subprocess.TimeoutExpired:
+                self._kill(proc)
+                _, err = proc.communicate()
+                raise StepError(f"command {argv[0]!r} timed out after {seconds:g}s"
+                                + (f": {tail(err)}" if err.strip() else ""), transient=False) from None
+            except BaseException:
+                self._kill(proc)
+                raise
+        if proc.returncode != 0:
+            how = (f"was killed by signal {-proc.returncode}" if proc.returncode < 0
+                   else f"exited with status {proc.returncode}")
+            raise StepError(f"command {argv[0]!r} {how}" + (f": {tail(err)}" if err.strip() else ""))
+        record["text"] = out.decode("utf-8", "replace")
+        return record
+
+    @staticmethod
+    def _substitute(arg: str, values: dict[str, str]) -> str:
+        for placeholder, value in values.items():
+            arg = arg.replace(placeholder, value)
+        return arg
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[bytes]) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
