@@ -92,8 +92,11 @@ def _syncs(pipeline: Pipeline, name: str | None) -> list[Sync]:
     return list(pipeline.syncs)
 
 
-def _signals(stop: StopToken) -> None:
-    """First SIGTERM/SIGINT: stop gracefully. Second: stop at once (the state stays consistent)."""
+def _signals(stop: StopToken) -> Callable[[], None]:
+    """First SIGTERM/SIGINT: stop gracefully. Second: stop at once (the state stays consistent).
+
+    Returns a function that puts the previous handlers back.
+    """
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():
@@ -104,8 +107,13 @@ def _signals(stop: StopToken) -> None:
                     signal.Signals(signum).name, stop.grace)
         stop.request()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
 
 
 def _state_or_exit(pipeline: Pipeline, *, create: bool = True) -> Any:
@@ -290,12 +298,13 @@ def process(pipeline: str, keys: tuple[str, ...], connector_ref: str | None, req
         _fail(str(exc), EXIT_INVALID)
     sync = _syncs(p, sync_name)[0] if sync_name else None
     stop = StopToken()
-    _signals(stop)
     state = _state_or_exit(p) if sync is not None else State(":memory:")
+    restore = _signals(stop)
     bar = _progress("process")
     try:
         result = process_keys(p, connector_ref, list(keys), sync=sync, state=state, stop=stop, on_progress=bar)
     finally:
+        restore()
         if bar:
             bar.close()
         state.close()
@@ -370,7 +379,7 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
         _dry_run(p, syncs)
     stop = StopToken(grace_seconds)
     lock = _lock_or_exit(p)
-    _signals(stop)
+    restore = _signals(stop)
     try:
         _state_or_exit(p).close()  # refuse a bad state file before anything starts
         if once:
@@ -381,6 +390,7 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
             serve(p, syncs, stop, _report, progress=_progress)
             code = EXIT_OK
     finally:
+        restore()
         lock.release()
     if stop.is_set():
         log.info("stopped")

@@ -243,7 +243,9 @@ class _ToStepCall:
         from pydantic_core import core_schema
 
         return core_schema.no_info_after_validator_function(
-            lambda w: StepCall(type(w).step_name, w.options), handler(source))
+            lambda w: StepCall(type(w).step_name, w.options), handler(source),
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda call: {call.name: call.options.model_dump(mode="json")}))
 
 
 StepList = list[_step_union()]  # type: ignore[misc]

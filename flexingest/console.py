@@ -100,6 +100,8 @@ def setup_logging(verbosity: int = 0, fmt: str = "text", stream: TextIO | None =
     root.setLevel(level)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # gcsfs logs every exhausted retry as a full traceback; flexingest reports the error itself
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     logging.getLogger("apscheduler").setLevel(logging.WARNING if verbosity < 2 else logging.INFO)
     logging.captureWarnings(True)
 

@@ -101,19 +101,27 @@ class _Walker:
             if node.tag != "tag:yaml.org,2002:map":
                 self.issue(node, loc, f"tag {node.tag!r} is not allowed")
                 return None
+            explicit = len([k for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"])
             try:
-                self._constructor.flatten_mapping(node)  # "<<: *defaults" merge keys
+                self._constructor.flatten_mapping(node)  # "<<: *defaults" merge keys come first
             except yaml.MarkedYAMLError as exc:
                 self.issue(exc.problem_mark, loc, exc.problem or "invalid merge key")
                 return None
+            merged = len(node.value) - explicit
             out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
+            from_merge: set[Any] = set()
+            for index, (key_node, value_node) in enumerate(node.value):
                 key = self.walk_key(key_node, loc)
                 if key is None:
                     continue
-                if key in out:
-                    self.issue(key_node, (*loc, key), "duplicate key (the later one would silently win)")
+                if key in out and key in from_merge and index >= merged:
+                    from_merge.discard(key)  # an explicit key overrides a merged one
+                elif key in out:
+                    if key not in from_merge:
+                        self.issue(key_node, (*loc, key), "duplicate key (the later one would silently win)")
                     continue
+                elif index < merged:
+                    from_merge.add(key)
                 self.key_marks[(*loc, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
                 out[key] = self.walk(value_node, (*loc, key), active | {id(node)})
             return out
@@ -234,6 +242,9 @@ def _resolve(loc: tuple[Any, ...], data: Any) -> tuple[Loc, list[Any]]:
     parts = list(loc)
     while parts:
         part = parts.pop(0)
+        if (isinstance(cur, dict) and part in cur and parts and isinstance(parts[0], str) and parts[0] in cur
+                and not isinstance(cur[part], (dict, list))):
+            continue  # a union tag that is also a key here ({cron: ..., timezone: ...})
         if isinstance(cur, dict) and part in cur:
             matched.append(part)
             cur = cur[part]
@@ -248,6 +259,12 @@ def _resolve(loc: tuple[Any, ...], data: Any) -> tuple[Loc, list[Any]]:
     return tuple(matched), rest
 
 
+def _value_at(data: Any, loc: Loc) -> Any:
+    for part in loc:
+        data = data[part]
+    return data
+
+
 def _issue_from_pydantic(error: Mapping[str, Any], data: Any, walker: _Walker) -> ConfigIssue | None:
     etype = error["type"]
     loc, rest = _resolve(error["loc"], data)
@@ -256,6 +273,8 @@ def _issue_from_pydantic(error: Mapping[str, Any], data: Any, walker: _Walker) -
     message = error["msg"]
     ctx = error.get("ctx") or {}
     mark = walker.value_marks.get(loc, (0, 0))
+    if loc in walker.key_marks and isinstance(_value_at(data, loc), (dict, list)):
+        mark = walker.key_marks[loc]  # a whole mapping is wrong: point at its key
     display = loc
     if etype == "extra_forbidden":
         mark = walker.key_marks.get(loc, mark)
@@ -405,6 +424,12 @@ def _reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue
             if isinstance(step, dict) and len(step) == 1:
                 (step_name, options), = step.items()
                 ref = options.get("connector") if isinstance(options, dict) else None
-                if isinstance(ref, str) and names and ref not in names:
+                if isinstance(ref, str) and names and ref not in names and _has_connector_option(step_name):
                     add((*loc, j, step_name, "connector"), f"unknown connector {ref!r} (known: {', '.join(names)})")
     return issues
+
+
+def _has_connector_option(step_name: str) -> bool:
+    from .steps import known_steps, step_class
+
+    return step_name in known_steps() and "connector" in step_class(step_name).Options.model_fields

@@ -65,3 +65,72 @@ def new_store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Callabl
         return make_store(kind, _server_for(request, kind), tmp_path)
 
     return factory
+
+
+# ============================================================================================
+# Pipelines and the command line
+#
+# `write_pipeline(...)` writes a pipeline file from Python data; `cli(...)` runs a command
+# in-process (fast); `flexingest(...)` runs it as a subprocess (signals, kill -9, locks).
+# ============================================================================================
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import yaml  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+FLEXINGEST = str(pathlib.Path(sys.executable).parent / "flexingest")
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def connector_for(store: Store, name: str = "docs", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "type": store.kind, "config": {**store.connector_config(), **extra}}
+
+
+@pytest.fixture
+def write_pipeline(tmp_path: pathlib.Path) -> Callable[..., pathlib.Path]:
+    """``write_pipeline(connectors, steps=..., syncs=..., name=...)`` -> the file's path."""
+
+    def write(connectors: list[dict[str, Any]] | dict[str, Any], *, steps: list[Any] | None = None,
+              syncs: list[dict[str, Any]] | None = None, name: str = "pipeline.yaml",
+              **top: Any) -> pathlib.Path:
+        data: dict[str, Any] = {"version": 1, **top,
+                                "connectors": connectors if isinstance(connectors, list) else [connectors]}
+        if steps is not None:
+            data["steps"] = steps
+        if syncs is not None:
+            data["syncs"] = syncs
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def cli() -> Callable[..., Result]:
+    """Run a flexingest command in this process: ``cli("run", path, "--once")``."""
+    from flexingest.cli import cli as command
+
+    def invoke(*args: Any, input: str | None = None, env: dict[str, str] | None = None) -> Result:
+        out = CliRunner().invoke(command, [str(a) for a in args], input=input, env=env, catch_exceptions=False)
+        return Result(out.exit_code, out.stdout, out.stderr)
+
+    return invoke
+
+
+def run_flexingest(*args: Any, timeout: float = 120, env: dict[str, str] | None = None,
+                   cwd: pathlib.Path | None = None) -> Result:
+    """Run flexingest as a subprocess, the way cron or systemd would."""
+    proc = subprocess.run([FLEXINGEST, *[str(a) for a in args]], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
+    return Result(proc.returncode, proc.stdout, proc.stderr)

@@ -7,10 +7,12 @@ destinations rely on the store's own atomic puts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from typing import IO
+import threading
+from typing import IO, Callable
 
 from pydantic import Field
 
@@ -82,7 +84,7 @@ class Destination:
                 shutil.copyfileobj(src, out, CHUNK)
         return path
 
-    def _write_local(self, path: str, write: object) -> None:
+    def _write_local(self, path: str, write: Callable[[IO[bytes]], object]) -> None:
         folder, name = os.path.split(path)
         try:
             os.makedirs(folder, exist_ok=True)
@@ -90,14 +92,39 @@ class Destination:
             raise StepError(f"cannot create folder {folder}: a file of that name is in the way") from None
         if os.path.isdir(path):
             raise StepError(f"cannot write {path}: a folder of that name is in the way")
-        fd, tmp = tempfile.mkstemp(prefix=f".{name[:100]}.", suffix=".part", dir=folder)
         try:
-            with os.fdopen(fd, "wb") as out:
-                write(out)  # type: ignore[operator]
+            # An unnamed file (O_TMPFILE) vanishes by itself if the process dies while writing
+            fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o644)
+            unnamed = True
+        except (AttributeError, OSError):
+            fd, tmp = tempfile.mkstemp(prefix=f".{name[:100]}.", suffix=".part", dir=folder)
+            unnamed = False
+        try:
+            with os.fdopen(fd, "wb", closefd=not unnamed) as out:
+                write(out)
+                out.flush()
+                if unnamed:
+                    tmp = os.path.join(folder, f".{name[:100]}.{os.getpid()}.{threading.get_ident()}.part")
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                    _link_unnamed(fd, tmp)
             os.replace(tmp, path)
         except BaseException:
-            try:
+            with contextlib.suppress(OSError, UnboundLocalError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise
+        finally:
+            if unnamed:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _link_unnamed(fd: int, dest: str) -> None:
+    """Give an O_TMPFILE file a name (linkat with AT_SYMLINK_FOLLOW through /proc)."""
+    folder, name = os.path.split(dest)
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        # a dir_fd makes Python call linkat(), which follows the /proc link to the file
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+    finally:
+        os.close(dir_fd)
