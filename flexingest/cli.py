@@ -147,13 +147,19 @@ def _report(result: PassResult) -> None:
                                                      **result.counts}})
 
 
-def _progress(name: str) -> Any:
+def _progress_factory() -> Callable[[str], Any]:
+    """Progress bars for passes (on a terminal, unless -q); callable from any thread."""
     from .console import ProgressBar
 
-    if click.get_current_context().meta.get("quiet"):
-        return None
-    bar = ProgressBar(name)
-    return bar if bar.enabled else None
+    quiet = bool(click.get_current_context().meta.get("quiet"))
+
+    def make(name: str) -> Any:
+        if quiet:
+            return None
+        bar = ProgressBar(name)
+        return bar if bar.enabled else None
+
+    return make
 
 
 # ---------------------------------------------------------------------------- commands
@@ -300,7 +306,7 @@ def process(pipeline: str, keys: tuple[str, ...], connector_ref: str | None, req
     stop = StopToken()
     state = _state_or_exit(p) if sync is not None else State(":memory:")
     restore = _signals(stop)
-    bar = _progress("process")
+    bar = _progress_factory()("process")
     try:
         result = process_keys(p, connector_ref, list(keys), sync=sync, state=state, stop=stop, on_progress=bar)
     finally:
@@ -387,7 +393,7 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
         else:
             from .runner import serve
 
-            serve(p, syncs, stop, _report, progress=_progress)
+            serve(p, syncs, stop, _report, progress=_progress_factory())
             code = EXIT_OK
     finally:
         restore()
@@ -403,11 +409,12 @@ def _run_once(p: Pipeline, syncs: list[Sync], stop: StopToken) -> int:
     from .sync import run_pass
 
     failed = False
+    progress = _progress_factory()
     with _state_or_exit(p) as state:
         for sync in syncs:
             if stop.is_set():
                 break
-            bar = _progress(sync.name)
+            bar = progress(sync.name)
             try:
                 result = run_pass(p, sync, state, stop=stop, on_progress=bar)
             finally:
@@ -456,6 +463,7 @@ def status(pipeline: str, as_json: bool) -> None:
       flexingest status pipeline.yaml
       flexingest status pipeline.yaml --json | jq '.syncs.contracts.failed'
     """
+    from .console import secret_filter
     from .runner import next_due
 
     p = _load(pipeline)
@@ -481,8 +489,8 @@ def status(pipeline: str, as_json: bool) -> None:
             entry["note"] = "no longer in the pipeline file"
         out[name] = entry
     if as_json:
-        click.echo(json.dumps({"pipeline": str(p.path), "state": str(p.state_path), "syncs": out},
-                              indent=2, ensure_ascii=False))
+        click.echo(secret_filter.mask(json.dumps({"pipeline": str(p.path), "state": str(p.state_path),
+                                                  "syncs": out}, indent=2, ensure_ascii=False)))
         _exit(EXIT_OK)
     click.echo(f"state: {p.state_path}" + ("" if p.state_path.exists() else " (no pass has run yet)"))
     header = f"{'sync':<20} {'done':>8} {'failed':>7} {'dead':>6} {'gone':>6}  {'last run':<44} next due"
@@ -499,7 +507,7 @@ def status(pipeline: str, as_json: bool) -> None:
     for name, e in out.items():
         for problem in e["problems"]:
             click.echo(f"  {name}: {problem['status']} ({problem['attempts']} attempt(s)) "
-                       f"{problem['key']}: {problem['error']}")
+                       f"{problem['key']}: {secret_filter.mask(problem['error'] or '')}")
     _exit(EXIT_OK)
 
 

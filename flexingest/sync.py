@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .connectors import ObjectInfo, Source, Storage, _translate, open_connector
-from .exceptions import FlexingestError, ObjectGone, ObjectSkipped, StepError, StorageError
+from .exceptions import FlexingestError, ObjectGone, ObjectSkipped, StepError
 from .state import Outcome, State
 from .steps import Step, StepContext
 
@@ -145,10 +145,24 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z") if ts is not None else None
 
 
+def redactor(pipeline: Pipeline) -> Callable[[str], str]:
+    """Masks every secret of the pipeline in a text (errors are stored and shown)."""
+    secrets = sorted(pipeline.secrets(), key=len, reverse=True)
+
+    def redact(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "**********")
+        return text
+
+    return redact
+
+
 def process_object(storage: Storage, steps: list[Step], info: ObjectInfo, sync: str | None,
-                   stop: StopToken | None = None) -> Outcome:
+                   stop: StopToken | None = None, redact: Callable[[str], str] | None = None) -> Outcome:
     """Run one object through the steps; transient failures are retried with backoff."""
     source = Source(storage, info)
+    redact = redact or storage.redact
+    started = time.monotonic()
     delay = BACKOFF
     attempt = 0
     while True:
@@ -162,6 +176,7 @@ def process_object(storage: Storage, steps: list[Step], info: ObjectInfo, sync: 
                 if not isinstance(result, dict):
                     raise StepError(f"step {type(step).__name__} returned {type(result).__name__}, not a record")
                 record = result
+            log.debug("%s: done in %.3fs", info.key, time.monotonic() - started)
             return Outcome(info.key, info.version, info.size, info.modified, "done")
         except ObjectSkipped as exc:
             return Outcome(info.key, info.version, info.size, info.modified, "done", f"skipped: {exc}")
@@ -180,8 +195,7 @@ def process_object(storage: Storage, steps: list[Step], info: ObjectInfo, sync: 
                 time.sleep(delay * (0.5 + random.random()))
                 delay *= 2
                 continue
-            return Outcome(info.key, info.version, info.size, info.modified, "failed",
-                           storage.redact(str(error)))
+            return Outcome(info.key, info.version, info.size, info.modified, "failed", redact(str(error)))
 
 
 def _as_error(exc: Exception, storage: Storage, key: str) -> FlexingestError:
@@ -241,7 +255,7 @@ class _Committer:
 def _process_planned(storage: Storage, steps: list[Step], state: State, sync_name: str, record_as: str | None,
                      concurrency: int, max_attempts: int, total: int, counts: dict[str, int],
                      stop: StopToken | None, on_progress: ProgressCallback | None,
-                     keep: list[Outcome] | None = None) -> bool:
+                     redact: Callable[[str], str], keep: list[Outcome] | None = None) -> bool:
     """Process the state's planned keys; returns False if stopped before the end."""
     committer = _Committer(state, sync_name, steps, max_attempts, counts, keep)
     executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"flexingest-{sync_name}")
@@ -274,7 +288,7 @@ def _process_planned(storage: Storage, steps: list[Step], state: State, sync_nam
                 while len(in_flight) >= concurrency * 2:
                     collect(COMMIT_EVERY)
                 info = ObjectInfo(row["key"], row["version"], row["size"], row["modified"])
-                in_flight[executor.submit(process_object, storage, steps, info, record_as, stop)] = info
+                in_flight[executor.submit(process_object, storage, steps, info, record_as, stop, redact)] = info
             if not complete:
                 break
             collect(0)
@@ -327,15 +341,14 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
             log.info("%s: %d to process (%d new, %d changed, %d to retry) of %d listed", sync.name,
                      plan.to_process, counts["new"], counts["changed"], counts["retry"], counts["listed"])
             complete = _process_planned(storage, steps, state, sync.name, sync.name, sync.concurrency,
-                                        sync.max_attempts, plan.to_process, counts, stop, on_progress)
+                                        sync.max_attempts, plan.to_process, counts, stop, on_progress,
+                                        redactor(pipeline))
             result.interrupted = result.interrupted or not complete
         if listing_complete:
             state.unmark_gone(sync.name)
             counts["gone"] = counts.get("gone", 0) + state.mark_gone(sync.name)
-    except StorageError as exc:
-        result.error = str(exc)
     except FlexingestError as exc:
-        result.error = str(exc)
+        result.error = redactor(pipeline)(str(exc))
     finally:
         close_steps(steps)
         result.seconds = time.monotonic() - started
@@ -350,6 +363,7 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
 
 def _list(storage: Storage, sync: Sync, state: State, stop: StopToken | None) -> bool:
     """Stream the listing into the state; True if it completed."""
+    log.debug("%s: listing %s under %r", sync.name, storage.describe(), sync.prefix)
     state.begin_listing()
     now = time.time()
     for page in storage.iter_pages(sync.prefix):
@@ -394,10 +408,10 @@ def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], 
         counts["new"] = plan.to_process
         complete = _process_planned(storage, steps, state, name, sync.name if sync else None, concurrency,
                                     sync.max_attempts if sync else 3, plan.to_process, counts, stop, on_progress,
-                                    keep=result.outcomes)
+                                    redactor(pipeline), keep=result.outcomes)
         result.interrupted = not complete
     except FlexingestError as exc:
-        result.error = str(exc)
+        result.error = redactor(pipeline)(str(exc))
     finally:
         close_steps(steps)
         result.seconds = time.monotonic() - started
