@@ -134,3 +134,23 @@ def test_test_unknown_connector_name(write_pipeline: Callable[..., Path], cli: C
     out = cli("test", path, "y")
     assert out.code == 2
     assert "unknown connector 'y' (known: x)" in out.stderr
+
+
+def test_s3_role_arn_is_assumed_through_sts(new_store: Callable[[str], Store], write_pipeline: Callable[..., Path],
+                                            cli: Callable[..., Result]) -> None:
+    from fsspec.asyn import sync
+
+    from flexingest.connectors import open_connector
+    from flexingest.loader import load_pipeline
+
+    store = new_store("s3")
+    store.put("a.txt", b"x")
+    path = write_pipeline(connector_for(store, role_arn="arn:aws:iam::123456789012:role/reader"),
+                          steps=["extract_text"])
+    assert cli("test", path).code == 0
+    storage = open_connector(load_pipeline(path).connectors[0], path.parent)
+    assert [o.key for page in storage.iter_pages() for o in page] == ["a.txt"]
+    credentials = sync(storage.fs.loop, storage.fs.session.get_credentials)
+    frozen = sync(storage.fs.loop, credentials.get_frozen_credentials)
+    assert frozen.access_key.startswith("ASIA"), "temporary credentials from AssumeRole, not the static key"
+    assert frozen.access_key != "testing" and frozen.token
