@@ -425,8 +425,9 @@ class Pipeline(Strict):
                     found.add(value.get_secret_value())
         for step in [*self.steps, *(s for sync in self.syncs for s in (sync.steps or []))]:
             for value in getattr(step.options, "headers", {}).values():
-                if isinstance(value, SecretStr) and len(value.get_secret_value()) >= 4:
-                    found.add(value.get_secret_value())
+                if isinstance(value, SecretStr):
+                    text = value.get_secret_value()  # "Bearer <token>": the token alone is secret too
+                    found.update(v for v in (text, *text.split(None, 1)[1:]) if len(v) >= 4)
         return found
 
 

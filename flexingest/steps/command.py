@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from datetime import timedelta
@@ -15,6 +16,7 @@ from ..units import Duration
 from . import Record, Step, StepOptions
 
 STDERR_TAIL = 2000
+PLACEHOLDER = re.compile(r"\{(?:path|key|version|connector)\}")
 
 
 class CommandOptions(StepOptions):
@@ -65,9 +67,8 @@ class Command(Step):
 
     @staticmethod
     def _substitute(arg: str, values: dict[str, str]) -> str:
-        for placeholder, value in values.items():
-            arg = arg.replace(placeholder, value)
-        return arg
+        # one pass: a key (or its path) containing "{version}" is not substituted again
+        return PLACEHOLDER.sub(lambda m: values[m.group(0)], arg)
 
     @staticmethod
     def _kill(proc: subprocess.Popen[bytes]) -> None:

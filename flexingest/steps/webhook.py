@@ -80,7 +80,7 @@ class Webhook(Step):
             if not retryable or attempt >= self.options.max_retries:
                 what = f"answered {status}" if status is not None else "could not be reached"
                 tries = f" after {attempt + 1} attempts" if retryable else ""
-                raise StepError(f"webhook {self._safe_url(self.options.url)} {what}{tries}: {detail}")
+                raise StepError(f"webhook {self._safe_url(self.options.url)} {what}{tries}: {self._redact(detail)}")
             wait = retry_after if retry_after is not None else delay * (0.5 + random.random())
             time.sleep(min(wait, 60.0))
             delay = min(delay * 2, 30.0)
@@ -110,6 +110,16 @@ class Webhook(Step):
                 reason = getattr(exc, "reason", exc)
                 return None, str(reason), None
         return None, f"more than {MAX_REDIRECTS} redirects", None
+
+    def _redact(self, text: str) -> str:
+        """Masks header values (and the credentials of "Bearer <token>") a server echoed back."""
+        secrets: set[str] = set()
+        for header in self.options.headers.values():
+            value = header.get_secret_value()
+            secrets.update([value, *value.split(None, 1)[1:]])
+        for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
+            text = text.replace(secret, "**********")
+        return text
 
     @staticmethod
     def _safe_url(url: str) -> str:
