@@ -165,7 +165,19 @@ def _progress_factory() -> Callable[[str], Any]:
 # ---------------------------------------------------------------------------- commands
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """Any flexingest error that escapes a command is a clean message and exit 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from .exceptions import FlexingestError
+
+        try:
+            return super().invoke(ctx)
+        except FlexingestError as exc:
+            _fail(str(exc), EXIT_FAILED)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="flexingest")
 def cli() -> None:
     """Watch buckets (S3, GCS, Azure Blob, a local folder) and process every new or changed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import shutil
 import stat
@@ -271,6 +272,27 @@ class Storage:
         with self.open(key) as src, open(dest, "wb") as out:
             shutil.copyfileobj(src, out, READ_BLOCK)
 
+    # Reads that also say which version they read, so that what is recorded is what was
+    # processed even when the object is overwritten between the listing and the read.
+
+    def read_versioned(self, key: str) -> tuple[bytes, str | None]:
+        """The whole object and its version token, from one request where the backend allows."""
+        from fsspec.asyn import sync
+
+        with self.errors(key):
+            return sync(self.fs.loop, self._read_versioned, key)  # type: ignore[attr-defined,no-any-return]
+
+    async def _read_versioned(self, key: str) -> tuple[bytes, str | None]:
+        return await self.fs._cat_file(self.path(key)), None  # type: ignore[attr-defined]
+
+    def open_versioned(self, key: str) -> tuple[IO[bytes], str | None]:
+        """A streaming reader and the version it reads (from the file's details)."""
+        reader = self.open(key)
+        with self.errors(key):
+            details = getattr(getattr(reader, "_raw", reader), "details", None)
+            version = self._info(details, key).version if details else None
+        return reader, version or None
+
 
 class _ErrorMappingReader:
     """Wraps a backend file so that read errors come out as flexingest errors."""
@@ -399,8 +421,22 @@ class S3Storage(Storage):
                           _timestamp(detail.get("LastModified")))
 
     def read(self, key: str) -> bytes:
-        with self.errors(key):  # one GET: s3fs would otherwise HEAD first to plan ranged reads
-            return self.fs.cat_file(self.path(key), max_concurrency=1)  # type: ignore[no-any-return]
+        return self.read_versioned(key)[0]
+
+    async def _read_versioned(self, key: str) -> tuple[bytes, str | None]:
+        fs: Any = self.fs  # one GET, whose answer carries the ETag of what it returns
+
+        async def get() -> tuple[bytes, str | None]:
+            response = await fs._call_s3("get_object", Bucket=self.root, Key=key)
+            try:
+                data = await response["Body"].read()
+            finally:
+                response["Body"].close()
+            return data, str(response.get("ETag", "")).strip('"') or None
+
+        from s3fs.core import _error_wrapper
+
+        return await _error_wrapper(get, retries=fs.retries)  # type: ignore[no-any-return]
 
 
 _fast_gcs_class: Any = None
@@ -473,6 +509,11 @@ class GCSStorage(Storage):
         return ObjectInfo(key, str(detail.get("generation", "")), int(detail["size"]),
                           _timestamp(detail.get("updated")))
 
+    async def _read_versioned(self, key: str) -> tuple[bytes, str | None]:
+        fs: Any = self.fs
+        headers, data = await fs._call("GET", fs.url(self.path(key)))
+        return data, headers.get("x-goog-generation")
+
 
 class AzureBlobStorage(Storage):
     kind = "azure_blob"
@@ -536,6 +577,13 @@ class AzureBlobStorage(Storage):
     def _info(self, detail: dict[str, Any], key: str) -> ObjectInfo:
         return ObjectInfo(key, str(detail.get("etag", "")).strip('"'), int(detail["size"]),
                           _timestamp(detail.get("last_modified")))
+
+    async def _read_versioned(self, key: str) -> tuple[bytes, str | None]:
+        fs: Any = self.fs
+        async with fs.service_client.get_blob_client(container=self.root, blob=key) as blob:
+            stream = await blob.download_blob(**self._request_options())
+            data = await stream.readall()
+        return data, str(stream.properties.etag or "").strip('"') or None
 
 
 class LocalStorage(Storage):
@@ -601,8 +649,17 @@ class LocalStorage(Storage):
             return open(self.path(key), "rb")
 
     def read(self, key: str) -> bytes:
-        with self.errors(key):
-            return Path(self.path(key)).read_bytes()
+        return self.read_versioned(key)[0]
+
+    def read_versioned(self, key: str) -> tuple[bytes, str | None]:
+        reader, version = self.open_versioned(key)
+        with reader, self.errors(key):
+            return reader.read(), version
+
+    def open_versioned(self, key: str) -> tuple[IO[bytes], str | None]:
+        reader = self.open(key)
+        st = os.fstat(reader.fileno())  # the file actually opened, whatever happens to the name
+        return reader, f"{st.st_mtime_ns}-{st.st_size}"
 
     def local_path(self, key: str) -> str:
         return self.path(key)
@@ -635,11 +692,18 @@ def test_connector(connector: ConnectorBase, base_dir: Path) -> dict[str, Any]:
 
 
 class Source:
-    """The object a step is processing: its identity, and ways to get at its bytes."""
+    """The object a step is processing: its identity, and ways to get at its bytes.
+
+    Every read notes the version it read; a pass records that version, so what is
+    recorded is what was processed even if the object is overwritten meanwhile.
+    """
+
+    SMALL = 8 * 1024 * 1024  # below this, one request reads the object whole
 
     def __init__(self, storage: Storage, info: ObjectInfo) -> None:
         self.storage = storage
         self.info = info
+        self.read_version: str | None = None
 
     @property
     def connector(self) -> str:
@@ -657,18 +721,33 @@ class Source:
     def size(self) -> int:
         return self.info.size
 
+    def _saw(self, version: str | None) -> None:
+        if version is None:
+            return
+        if self.read_version is None:
+            self.read_version = version
+        elif version != self.read_version:
+            raise TransientStorageError(f"{self.storage.describe(self.key)}: changed while it was being processed")
+
     def open(self) -> IO[bytes]:
-        """A streaming reader; the object is never held whole in memory."""
-        return self.storage.open(self.key)
+        """A seekable reader; large objects are streamed, never held whole in memory."""
+        if self.size < self.SMALL:
+            return io.BytesIO(self.read())
+        reader, version = self.storage.open_versioned(self.key)
+        self._saw(version)
+        return reader
 
     def read(self) -> bytes:
         """The whole object in memory: for small objects only."""
-        return self.storage.read(self.key)
+        data, version = self.storage.read_versioned(self.key)
+        self._saw(version)
+        return data
 
     @contextlib.contextmanager
     def local_path(self) -> Iterator[str]:
         """A path on this machine holding the object (a temporary copy for clouds)."""
         if isinstance(self.storage, LocalStorage):
+            self._saw(self.storage.info(self.key).version)
             yield self.storage.local_path(self.key)
             return
         import tempfile
@@ -676,5 +755,6 @@ class Source:
         suffix = Path(self.key).suffix[:16]
         with tempfile.TemporaryDirectory(prefix="flexingest-") as tmp:
             dest = Path(tmp) / f"object{suffix}"
-            self.storage.download(self.key, dest)
+            with self.open() as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out, READ_BLOCK)
             yield str(dest)

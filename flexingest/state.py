@@ -118,6 +118,7 @@ class State:
         existed = not memory and self.path.exists()
         if existed:
             self._check_header()
+            self._check_writable()
         elif not create:
             raise StateError(f"state file {self.path} does not exist yet (no pass has run)")
         elif not memory:
@@ -139,7 +140,12 @@ class State:
             self._migrate(new=not existed)
         except sqlite3.DatabaseError as exc:
             self.db.close()
-            raise StateError(self._refusal(f"SQLite says: {exc}")) from None
+            corrupt = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+            raise StateError(self._refusal(f"it is corrupt (SQLite says: {exc})" if corrupt
+                                           else f"SQLite says: {exc}")) from None
+        except BaseException:
+            self.db.close()  # a refused file keeps no connection (nor -wal and -shm files) open
+            raise
 
     # ------------------------------------------------------------------ opening
 
@@ -149,6 +155,8 @@ class State:
                 f"(every object will then be processed again).")
 
     def _check_header(self) -> None:
+        if self.path.is_dir():
+            raise StateError(self._refusal("it is a folder, not a file"))
         try:
             with open(self.path, "rb") as f:
                 head = f.read(100)
@@ -163,6 +171,15 @@ class State:
         app_id = int.from_bytes(head[68:72], "big")
         if app_id not in (0, APPLICATION_ID):
             raise StateError(self._refusal(f"it belongs to another program (application id {app_id:#x})"))
+
+    def _check_writable(self) -> None:
+        """SQLite would open a read-only file read-only, then fail at the first write."""
+        for target, what in ((self.path, "the file"), (self.path.parent, f"its folder {self.path.parent}")):
+            if not os.access(target, os.W_OK):
+                raise StateError(
+                    f"state file {self.path} cannot be used: {what} is not writable by this user. "
+                    f"It was not changed. Fix the permissions: flexingest writes the file and creates "
+                    f"{self.path.name}-wal and {self.path.name}-shm beside it.")
 
     def _check_integrity(self) -> None:
         rows = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
@@ -198,14 +215,19 @@ class State:
     @contextlib.contextmanager
     def transaction(self, *, immediate: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction; ``immediate=False`` for work on temporary tables only."""
-        self.db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        else:
-            self.db.execute("COMMIT")
+            self.db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            try:
+                yield self.db
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+            else:
+                self.db.execute("COMMIT")
+        except sqlite3.Error as exc:  # disk full, I/O error, locked for too long: nothing was committed
+            raise StateError(f"state file {self.path}: {exc}; nothing of this batch was recorded "
+                             f"(those objects are processed again next time)") from exc
 
     def close(self) -> None:
         self.db.close()

@@ -160,12 +160,13 @@ def redactor(pipeline: Pipeline) -> Callable[[str], str]:
 def process_object(storage: Storage, steps: list[Step], info: ObjectInfo, sync: str | None,
                    stop: StopToken | None = None, redact: Callable[[str], str] | None = None) -> Outcome:
     """Run one object through the steps; transient failures are retried with backoff."""
-    source = Source(storage, info)
     redact = redact or storage.redact
     started = time.monotonic()
     delay = BACKOFF
     attempt = 0
+    restarts = 0
     while True:
+        source = Source(storage, info)
         record: dict[str, Any] = {
             "connector": storage.name, "sync": sync, "key": info.key, "version": info.version,
             "size": info.size, "modified": _iso(info.modified), "text": None, "metadata": {},
@@ -176,6 +177,13 @@ def process_object(storage: Storage, steps: list[Step], info: ObjectInfo, sync: 
                 if not isinstance(result, dict):
                     raise StepError(f"step {type(step).__name__} returned {type(result).__name__}, not a record")
                 record = result
+            if source.read_version not in (None, info.version) and restarts < 2:
+                # overwritten since the listing: what was read is newer than what was listed,
+                # so process it again as that version, so that the record and the state agree
+                log.info("%s: changed since it was listed; processing the new version", info.key)
+                info = ObjectInfo(info.key, source.read_version, info.size, info.modified)
+                restarts += 1
+                continue
             log.debug("%s: done in %.3fs", info.key, time.monotonic() - started)
             return Outcome(info.key, info.version, info.size, info.modified, "done")
         except ObjectSkipped as exc:
@@ -303,9 +311,15 @@ def _process_planned(storage: Storage, steps: list[Step], state: State, sync_nam
                 collect(min(COMMIT_EVERY, remaining if remaining is not None else COMMIT_EVERY))
             else:
                 collect(COMMIT_EVERY)
-    finally:
-        committer.commit()
-        executor.shutdown(wait=not in_flight, cancel_futures=True)
+    except BaseException:
+        executor.shutdown(wait=False, cancel_futures=True)
+        try:
+            committer.commit()  # keep what finished, if the state can still take it
+        except FlexingestError as exc:
+            log.error("%s: %s", sync_name, exc)
+        raise
+    committer.commit()
+    executor.shutdown(wait=not in_flight, cancel_futures=True)
     return complete
 
 
@@ -316,10 +330,11 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
     started = time.monotonic()
     result = PassResult(sync.name)
     counts = result.counts
-    run_id = None if dry_run else state.start_run(sync.name, "pass")
     steps: list[Step] = []
     listing_complete = False
+    run_id = None
     try:
+        run_id = None if dry_run else state.start_run(sync.name, "pass")
         storage = open_connector(pipeline.connector(sync.connector), pipeline.base_dir)
         if not dry_run:
             steps = build_steps(pipeline, sync)
@@ -337,6 +352,7 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
                 for reason, key, skip in state.explain():
                     on_explain(reason, key, skip)
             return result
+        state.unmark_gone(sync.name)  # listed again: back (before objects gone meanwhile are marked)
         if plan.to_process and not result.interrupted:
             log.info("%s: %d to process (%d new, %d changed, %d to retry) of %d listed", sync.name,
                      plan.to_process, counts["new"], counts["changed"], counts["retry"], counts["listed"])
@@ -345,7 +361,6 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
                                         redactor(pipeline))
             result.interrupted = result.interrupted or not complete
         if listing_complete:
-            state.unmark_gone(sync.name)
             counts["gone"] = counts.get("gone", 0) + state.mark_gone(sync.name)
     except FlexingestError as exc:
         result.error = redactor(pipeline)(str(exc))
@@ -357,7 +372,10 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
         if run_id is not None:
             outcome = "error" if result.error else "failed" if not result.ok else (
                 "interrupted" if result.interrupted else "ok")
-            state.finish_run(run_id, counts, outcome, result.error)
+            try:
+                state.finish_run(run_id, counts, outcome, result.error)
+            except FlexingestError as exc:
+                result.error = result.error or str(exc)
     return result
 
 

@@ -201,7 +201,7 @@ def test_second_concurrent_run_exits_75(store: Store, write_pipeline: Callable[.
         second = run_flexingest("run", path, "--once")
         assert second.code == 75
         assert f"process {first.pid} holds the state lock" in second.stderr
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 20, "at once: it does not wait for the lock"
     finally:
         first.terminate()
         first.wait(timeout=30)
