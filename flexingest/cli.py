@@ -399,10 +399,12 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
     lock = _lock_or_exit(p)
     restore = _signals(stop)
     try:
-        _state_or_exit(p).close()  # refuse a bad state file before anything starts
+        state = _state_or_exit(p)  # refuse a bad state file before anything starts
         if once:
-            code = _run_once(p, syncs, stop)
+            with state:
+                code = _run_once(p, syncs, stop, state)
         else:
+            state.close()
             from .runner import serve
 
             serve(p, syncs, stop, _report, progress=_progress_factory())
@@ -417,23 +419,22 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
     _exit(code)
 
 
-def _run_once(p: Pipeline, syncs: list[Sync], stop: StopToken) -> int:
+def _run_once(p: Pipeline, syncs: list[Sync], stop: StopToken, state: Any) -> int:
     from .sync import run_pass
 
     failed = False
     progress = _progress_factory()
-    with _state_or_exit(p) as state:
-        for sync in syncs:
-            if stop.is_set():
-                break
-            bar = progress(sync.name)
-            try:
-                result = run_pass(p, sync, state, stop=stop, on_progress=bar)
-            finally:
-                if bar:
-                    bar.close()
-            _report(result)
-            failed = failed or not result.ok
+    for sync in syncs:
+        if stop.is_set():
+            break
+        bar = progress(sync.name)
+        try:
+            result = run_pass(p, sync, state, stop=stop, on_progress=bar)
+        finally:
+            if bar:
+                bar.close()
+        _report(result)
+        failed = failed or not result.ok
     return EXIT_FAILED if failed else EXIT_OK
 
 

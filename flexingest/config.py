@@ -423,12 +423,39 @@ class Pipeline(Strict):
                 value = getattr(c.config, name, None)
                 if isinstance(value, SecretStr) and len(value.get_secret_value()) >= 4:
                     found.add(value.get_secret_value())
+                    found.update(_inner_secrets(value.get_secret_value()))
         for step in [*self.steps, *(s for sync in self.syncs for s in (sync.steps or []))]:
             for value in getattr(step.options, "headers", {}).values():
                 if isinstance(value, SecretStr):
                     text = value.get_secret_value()  # "Bearer <token>": the token alone is secret too
                     found.update(v for v in (text, *text.split(None, 1)[1:]) if len(v) >= 4)
         return found
+
+
+def _inner_secrets(value: str) -> set[str]:
+    """The parts of a secret that may be quoted alone: a key file's private key, a
+    connection string's AccountKey or SharedAccessSignature."""
+    import json
+
+    found: set[str] = set()
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return found
+        if isinstance(data, dict):
+            for field in ("private_key", "private_key_id", "client_secret", "refresh_token"):
+                item = data.get(field)
+                if isinstance(item, str) and len(item) >= 4:
+                    found.add(item)
+                    found.update(line for line in item.splitlines() if len(line) >= 16)
+    elif "=" in text and ";" in text:
+        for part in text.split(";"):
+            name, _, item = part.partition("=")
+            if name.strip() in ("AccountKey", "SharedAccessSignature") and len(item) >= 4:
+                found.add(item)
+    return found
 
 
 def json_schema() -> dict[str, Any]:

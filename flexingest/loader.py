@@ -1,15 +1,17 @@
 """Load a pipeline YAML file into :class:`flexingest.config.Pipeline`.
 
-YAML is composed safely (no tags that build objects, alias expansion bounded), then
-walked node by node so that every value keeps its line and column; ``${VAR}``
-interpolation happens on the way. Every problem of the file is collected and raised
+YAML is composed safely (no tags that build objects; size, nesting and alias expansion
+bounded), then walked node by node so that every value keeps its line and column;
+``${VAR}`` interpolation happens on the way. Every problem of the file is collected and raised
 at once as a :class:`~flexingest.exceptions.ConfigError`, each naming
 ``FILE:LINE:COL: field.path: message``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import os
 import re
 import typing
@@ -24,11 +26,14 @@ from .exceptions import ConfigError, ConfigIssue
 Loc = tuple[str | int, ...]
 
 MAX_NODES = 100_000  # values after alias expansion: a bound against "billion laughs"
-MAX_BYTES = 10 * 1024 * 1024
+MAX_YAML_NODES = 20_000  # values as written (a pipeline with 500 syncs has about 10,000): parsing stays < 1 s
+MAX_BYTES = 1024 * 1024  # 100 times a large pipeline; PyYAML parses about 2 MB/s
+MAX_DEPTH = 100  # nesting levels; a pipeline needs about 6, and PyYAML slows down quadratically past that
 _SCALAR_TAGS = {
     "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
     "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null",
 }
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*)|(:?\?)([^}]*))?\}|\$\{([^}]*)\}?")
 
 
@@ -37,6 +42,11 @@ def field_path(loc: Loc) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+def printable(text: str) -> str:
+    """Control characters (and lone surrogates) escaped: error lines never drive the terminal."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
@@ -100,6 +110,7 @@ class _Walker:
         if isinstance(node, yaml.MappingNode):
             if node.tag != "tag:yaml.org,2002:map":
                 self.issue(node, loc, f"tag {node.tag!r} is not allowed")
+                self.tainted.add(loc)
                 return None
             explicit = len([k for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"])
             try:
@@ -128,13 +139,18 @@ class _Walker:
         if isinstance(node, yaml.SequenceNode):
             if node.tag != "tag:yaml.org,2002:seq":
                 self.issue(node, loc, f"tag {node.tag!r} is not allowed")
+                self.tainted.add(loc)
                 return None
             return [self.walk(child, (*loc, i), active | {id(node)}) for i, child in enumerate(node.value)]
         assert isinstance(node, yaml.ScalarNode)
-        if node.tag not in _SCALAR_TAGS:
+        if node.tag == _TIMESTAMP:
+            value: Any = node.value  # "prefix: 2024-01-01" is text, not a datetime
+        elif node.tag not in _SCALAR_TAGS:
             self.issue(node, loc, f"tag {node.tag!r} is not allowed (only plain YAML values)")
+            self.tainted.add(loc)
             return None
-        value = self._constructor.construct_object(node)
+        else:
+            value = self._constructor.construct_object(node)
         if isinstance(value, str):
             value, problems = interpolate(value, self.env)
             for problem in problems:
@@ -144,10 +160,10 @@ class _Walker:
         return value
 
     def walk_key(self, node: yaml.Node, loc: Loc) -> str | None:
-        if not isinstance(node, yaml.ScalarNode) or node.tag not in _SCALAR_TAGS:
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in (*_SCALAR_TAGS, _TIMESTAMP):
             self.issue(node, loc, "mapping keys must be plain strings")
             return None
-        key = self._constructor.construct_object(node)
+        key = node.value if node.tag == _TIMESTAMP else self._constructor.construct_object(node)
         return str(key) if key is not None else "null"
 
 
@@ -155,8 +171,44 @@ class _TooBig(Exception):
     pass
 
 
+class _TooDeep(Exception):
+    def __init__(self, mark: yaml.Mark) -> None:
+        self.mark = mark
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, refusing more than MAX_YAML_NODES values, or values nested deeper than
+    MAX_DEPTH, before it gets slow or recursive."""
+
+    _depth = 0
+    _nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._nodes > MAX_YAML_NODES:
+                raise _TooBig()
+            if self._depth > MAX_DEPTH:
+                raise _TooDeep(self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def load_pipeline(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Any:
     """Validate a pipeline file; raise ConfigError naming every problem in it."""
+    try:
+        return _load(path, env)
+    except ConfigError as exc:
+        if all(i.field.isprintable() and i.message.isprintable() for i in exc.issues):
+            raise
+        # a hostile file's keys and values are quoted, never echoed raw to a terminal
+        raise ConfigError([dataclasses.replace(i, field=printable(i.field), message=printable(i.message))
+                           for i in exc.issues]) from None
+
+
+def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None) -> Any:
     from .config import Pipeline
 
     file = str(path)
@@ -166,7 +218,8 @@ def load_pipeline(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
         return ConfigError([ConfigIssue(file, line, col, "", message)])
 
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)  # never more: the path may be a huge file, or /dev/zero
     except FileNotFoundError:
         raise fail("no such file") from None
     except IsADirectoryError:
@@ -178,10 +231,23 @@ def load_pipeline(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise fail(f"not UTF-8 text (bad byte at offset {exc.start})") from None
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        column = len(raw[line_start:exc.start].decode("utf-8", "replace")) + 1
+        raise fail(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+                   raw.count(b"\n", 0, exc.start) + 1, column) from None
 
     try:
-        documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        documents = list(yaml.compose_all(text, Loader=_Loader))
+    except yaml.reader.ReaderError as exc:  # a control character such as NUL
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - text.rfind("\n", 0, exc.position)
+        what = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise fail(f"invalid YAML: character {what} is not allowed ({exc.reason})", line, column) from None
+    except _TooDeep as exc:
+        raise fail(f"values are nested more than {MAX_DEPTH} levels deep; refusing to load it",
+                   exc.mark.line + 1, exc.mark.column + 1) from None
+    except _TooBig:
+        raise fail(f"the file has more than {MAX_YAML_NODES} values; refusing to load it") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(p for p in (exc.context, exc.problem) if p)
@@ -292,10 +358,8 @@ def _issue_from_pydantic(error: Mapping[str, Any], data: Any, walker: _Walker) -
         if etype == "union_tag_not_found":
             message = "a step is one step name with its options, e.g. '- write_jsonl: {path: out.jsonl}'"
         else:
-            from .steps import known_steps
-
             tag = ctx.get("tag")
-            names = list(known_steps())
+            names = _step_names()
             hint = difflib.get_close_matches(str(tag), names, n=1)
             message = (f"unknown step {tag!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                        + f" (known: {', '.join(names)})")
@@ -424,12 +488,22 @@ def _reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue
             if isinstance(step, dict) and len(step) == 1:
                 (step_name, options), = step.items()
                 ref = options.get("connector") if isinstance(options, dict) else None
-                if isinstance(ref, str) and names and ref not in names and _has_connector_option(step_name):
+                if (isinstance(ref, str) and names and ref not in names
+                        and _has_connector_option(step_name)):
                     add((*loc, j, step_name, "connector"), f"unknown connector {ref!r} (known: {', '.join(names)})")
     return issues
 
 
-def _has_connector_option(step_name: str) -> bool:
-    from .steps import known_steps, step_class
+@functools.lru_cache(maxsize=1)
+def _step_names() -> tuple[str, ...]:
+    """The steps known to this process. Looked up once: it reads every installed package's metadata
+    (~20 ms), and the pipeline models were built from the same list when flexingest.config was imported."""
+    from .steps import known_steps
 
-    return step_name in known_steps() and "connector" in step_class(step_name).Options.model_fields
+    return tuple(known_steps())
+
+
+def _has_connector_option(step_name: str) -> bool:
+    from .steps import step_class
+
+    return step_name in _step_names() and "connector" in step_class(step_name).Options.model_fields

@@ -16,6 +16,13 @@ def parse_duration(value: Any) -> Any:
     """``30s``, ``5m``, ``1h30m``, ``2d`` or a number of seconds -> timedelta."""
     if isinstance(value, bool):
         raise ValueError("expected a duration like 30s, 5m, 1h or a number of seconds")
+    try:
+        return _parse_duration(value)
+    except OverflowError:
+        raise ValueError(f"duration {value!r} is too long") from None
+
+
+def _parse_duration(value: Any) -> Any:
     if isinstance(value, (int, float)):
         if value < 0:
             raise ValueError("a duration cannot be negative")
