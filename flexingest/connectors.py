@@ -89,10 +89,18 @@ def _status_of(exc: BaseException) -> int | None:
 
 
 def _error_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code", ""))
-    return str(getattr(exc, "error_code", "") or "")
+    """The service's error code, also when a backend re-raised the error as an OSError."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            break
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict) and response.get("Error", {}).get("Code"):
+            return str(response["Error"]["Code"])
+        if getattr(seen, "error_code", None):
+            return str(seen.error_code)  # type: ignore[attr-defined]
+        seen = seen.__cause__ or seen.__context__
+    return ""
 
 
 def _first_line(exc: BaseException) -> str:
@@ -135,7 +143,8 @@ def _translate(exc: Exception, what: str, missing: type[StorageError],
         return missing(f"{what}: not found (deleted after listing?)")
     if (isinstance(exc, PermissionError) or "ClientAuthenticationError" in names or status in (401, 403)
             or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-                        "AuthorizationFailure", "AuthenticationFailed", "InvalidToken")):
+                        "AuthorizationFailure", "AuthenticationFailed", "InvalidToken", "TokenRefreshRequired",
+                        "InvalidClientTokenId", "UnrecognizedClientException", "AllAccessDisabled")):
         return AccessDenied(f"{what}: access denied ({detail})")
     unreachable = {"EndpointConnectionError", "ClientConnectorError", "ServiceRequestError",
                    "ConnectTimeoutError", "ConnectionRefusedError", "ClientConnectorDNSError",
@@ -143,16 +152,23 @@ def _translate(exc: Exception, what: str, missing: type[StorageError],
     if names & unreachable or (isinstance(exc, OSError) and exc.errno in (
             errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)):
         return EndpointUnreachable(f"{what}: endpoint unreachable ({detail})")
-    transient_names = {"TimeoutError", "ReadTimeoutError", "ServiceResponseError", "ClientPayloadError",
-                       "ServerTimeoutError", "ClientOSError", "IncompleteReadError", "ResponseStreamingError",
-                       "ConnectionError", "ConnectionResetError", "FSTimeoutError", "IncompleteRead",
-                       "ProtocolError", "ContentLengthError", "ResponseParserError", "ChunkedEncodingError",
-                       "ClientResponseError", "HTTPClientError", "ServerDisconnectedError", "TransferEncodingError"}
+    # a body cut short surfaces after the client's own retries: only the pass can try again
+    cut_short = {"ClientPayloadError", "IncompleteReadError", "ResponseStreamingError", "IncompleteRead",
+                 "ContentLengthError", "ChunkedEncodingError", "TransferEncodingError"}
+    if names & cut_short:
+        return TransientStorageError(f"{what}: {detail}")
+    # no answer in time: the client already waited and tried again; the pass does not add more
+    timeouts = {"TimeoutError", "ReadTimeoutError", "ServerTimeoutError", "FSTimeoutError", "ConnectTimeoutError"}
+    if names & timeouts or (isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT):
+        return TransientStorageError(f"{what}: {detail}", clients_retried=True)
+    transient_names = {"ServiceResponseError", "ClientOSError", "ConnectionError", "ConnectionResetError",
+                       "ProtocolError", "ResponseParserError", "ClientResponseError", "HTTPClientError",
+                       "ServerDisconnectedError"}
     if (status in (408, 429) or (status is not None and status >= 500)
             or code in ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
                         "ServiceUnavailable", "ServerBusy", "OperationTimedOut")
             or names & transient_names or (isinstance(exc, OSError) and exc.errno in (
-                errno.ECONNRESET, errno.ETIMEDOUT, errno.EPIPE, errno.ECONNABORTED))):
+                errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED))):
         return TransientStorageError(f"{what}: {detail}")
     if isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.EAGAIN, errno.EBUSY):
         return TransientStorageError(f"{what}: {detail}")
@@ -355,7 +371,7 @@ class S3Storage(Storage):
                 "connect_timeout": 2 if self.fast_fail else 10,
                 "read_timeout": 5 if self.fast_fail else self.timeout,
                 # total_max_attempts counts the first try; botocore's max_attempts counts retries only
-                "retries": {"total_max_attempts": 1 if self.fast_fail else 5, "mode": "standard"},
+                "retries": {"total_max_attempts": 1 if self.fast_fail else 3, "mode": "standard"},
             },
         }
         if c.endpoint_url:
@@ -447,7 +463,19 @@ class S3Storage(Storage):
         return await _error_wrapper(get, retries=fs.retries)  # type: ignore[no-any-return]
 
 
-_fast_gcs_class: Any = None
+_gcs_classes: dict[int, Any] = {}
+
+
+def _gcs_class(attempts: int) -> Any:
+    """gcsfs with ``attempts`` tries per request: gcsfs bakes six (about 31 s of waiting) into
+    ``_request``, on top of which the pass retries the object."""
+    if attempts not in _gcs_classes:
+        import gcsfs
+        from gcsfs.retry import retry_request
+
+        _gcs_classes[attempts] = type(f"GCSFileSystem{attempts}", (gcsfs.GCSFileSystem,), {
+            "_request": retry_request(retries=attempts)(gcsfs.GCSFileSystem._request.__wrapped__)})
+    return _gcs_classes[attempts]
 
 
 class GCSStorage(Storage):
@@ -470,35 +498,42 @@ class GCSStorage(Storage):
         if c.anonymous:
             opts["token"] = "anon"
         elif c.service_account_json is not None:
-            value = c.service_account_json.get_secret_value().strip()
-            if value.startswith("{"):
-                try:
-                    opts["token"] = json.loads(value)
-                except ValueError:
-                    raise FlexingestError(
-                        f"connector {self.name!r}: service_account_json looks like JSON but does not parse") from None
-            else:
-                path = Path(value).expanduser()
-                opts["token"] = str(path if path.is_absolute() else self.base_dir / path)
+            opts["token"] = self._service_account(c.service_account_json.get_secret_value().strip())
         else:
             opts["token"] = "google_default"
         return opts
 
+    def _service_account(self, value: str) -> Any:
+        """Credentials from a key file or the key's JSON, refused clearly when unusable
+        (gcsfs would fall back to user credentials and fail with a bare KeyError)."""
+        import json
+
+        where = f"connector {self.name!r}: service_account_json"
+        if not value.startswith("{"):
+            path = Path(value).expanduser()
+            path = path if path.is_absolute() else self.base_dir / path
+            try:
+                value = path.read_text()
+            except OSError as exc:
+                raise FlexingestError(f"{where}: cannot read the key file {path}: {exc.strerror}") from None
+            where += f" ({path})"
+        try:
+            info = json.loads(value)
+        except ValueError:
+            raise FlexingestError(f"{where}: not a JSON key") from None
+        if not isinstance(info, dict) or info.get("type") != "service_account":
+            raise FlexingestError(f'{where}: not a service-account key (expected "type": "service_account")')
+        from google.oauth2 import service_account
+
+        try:
+            return service_account.Credentials.from_service_account_info(
+                info, scopes=["https://www.googleapis.com/auth/devstorage.read_write"])
+        except (ValueError, KeyError) as exc:
+            raise FlexingestError(f"{where}: the key cannot be used ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:120] if str(exc) else 'missing field'})") from None
+
     def _make_fs(self) -> AbstractFileSystem:
-        if not self.fast_fail:
-            return super()._make_fs()
-        global _fast_gcs_class
-        if _fast_gcs_class is None:
-            import gcsfs
-            from gcsfs.retry import retry_request
-
-            class FastFailGCSFileSystem(gcsfs.GCSFileSystem):  # type: ignore[misc]
-                """gcsfs with one attempt per request (gcsfs bakes six into _request)."""
-
-                _request = retry_request(retries=1)(gcsfs.GCSFileSystem._request.__wrapped__)
-
-            _fast_gcs_class = FastFailGCSFileSystem
-        return _fast_gcs_class(**self.options())  # type: ignore[no-any-return]
+        return _gcs_class(1 if self.fast_fail else 3)(**self.options())  # type: ignore[no-any-return]
 
     async def _pages(self, prefix: str, page_size: int) -> AsyncIterator[list[ObjectInfo]]:
         fs: Any = self.fs

@@ -86,10 +86,15 @@ class ObjectGone(StorageError):
 
 class EndpointUnreachable(StorageError):
     transient = True
+    clients_retried = True  # the cloud client already tried again, with backoff
 
 
 class TransientStorageError(StorageError):
     transient = True
+
+    def __init__(self, message: str, *, clients_retried: bool = False) -> None:
+        super().__init__(message)
+        self.clients_retried = clients_retried
 
 
 class StepError(FlexingestError):

@@ -106,6 +106,9 @@ class Outcome:
     modified: float | None
     status: str  # done | failed | gone
     error: str | None = None
+    #: a failure that trying later may cure (timeouts, 5xx, unreachable): it never makes an
+    #: object dead; only failures that repeat for the object itself do
+    transient: bool = False
 
 
 class State:
@@ -344,17 +347,17 @@ class State:
                     row = db.execute(f"""INSERT INTO objects (sync, key, version, size, modified, status, attempts,
                                                               error, gone_at, updated_at)
                                    VALUES (:sync, :key, :version, :size, :modified,
-                                           CASE WHEN 1 >= :max THEN 'dead' ELSE 'failed' END, 1, :error, NULL, :now)
+                                           CASE WHEN 1 >= :max AND NOT :transient THEN 'dead' ELSE 'failed' END, 1, :error, NULL, :now)
                                    ON CONFLICT (sync, key) DO UPDATE SET
                                        attempts = {attempts_sql},
-                                       status = CASE WHEN {attempts_sql} >= :max THEN 'dead' ELSE 'failed' END,
+                                       status = CASE WHEN {attempts_sql} >= :max AND NOT :transient THEN 'dead' ELSE 'failed' END,
                                        version = excluded.version, size = excluded.size,
                                        modified = excluded.modified, error = excluded.error,
                                        gone_at = NULL, updated_at = excluded.updated_at
                                    RETURNING status""",
                                      {"sync": sync, "key": o.key, "version": o.version, "size": o.size,
                                       "modified": o.modified, "error": o.error, "max": max_attempts,
-                                      "now": now}).fetchone()
+                                      "now": now, "transient": int(o.transient)}).fetchone()
                     dead += row[0] == "dead"
         return {"dead": dead}
 

@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 
 COMMIT_EVERY = 0.5  # seconds between state commits while processing
 COMMIT_BATCH = 500  # or this many outcomes, whichever comes first
-TRANSIENT_RETRIES = 3  # in-pass retries of an object that failed transiently
+TRANSIENT_RETRIES = 2  # in-pass retries of an object that failed transiently (the clients retry too)
 BACKOFF = 0.5  # first retry delay, doubled each time (with jitter)
+BREAKER = 3  # this many objects in a row failing transiently: storage is down, stop the pass
 
 
 class StopToken:
@@ -196,14 +197,16 @@ def process_object(storage: Storage, steps: list[Step], info: ObjectInfo, sync: 
                 return Outcome(info.key, info.version, info.size, info.modified, "gone")
             if not isinstance(exc, FlexingestError):
                 log.debug("object %s failed", info.key, exc_info=True)
-            if error.transient and attempt < TRANSIENT_RETRIES and not (stop and stop.is_set()):
+            retry = error.transient and not getattr(error, "clients_retried", False)
+            if retry and attempt < TRANSIENT_RETRIES and not (stop and stop.is_set()):
                 attempt += 1
                 log.info("%s: %s (transient; attempt %d of %d in %.1fs)", info.key, error, attempt + 1,
                          TRANSIENT_RETRIES + 1, delay)
                 time.sleep(delay * (0.5 + random.random()))
                 delay *= 2
                 continue
-            return Outcome(info.key, info.version, info.size, info.modified, "failed", redact(str(error)))
+            return Outcome(info.key, info.version, info.size, info.modified, "failed", redact(str(error)),
+                           transient=error.transient)
 
 
 def _as_error(exc: Exception, storage: Storage, key: str) -> FlexingestError:
@@ -214,6 +217,10 @@ def _as_error(exc: Exception, storage: Storage, key: str) -> FlexingestError:
         log.debug("object %s: unexpected %s", key, type(exc).__name__, exc_info=True)
         return StepError(f"{type(exc).__name__}: {exc}")
     return _translate(exc, storage.describe(key), ObjectGone, storage.redact)
+
+
+class BreakerTripped(FlexingestError):
+    """Objects kept failing with transient errors: the storage (or a destination) is down."""
 
 
 class _Committer:
@@ -271,15 +278,22 @@ def _process_planned(storage: Storage, steps: list[Step], state: State, sync_nam
     finished = 0
     finished_bytes = 0
     complete = True
+    in_a_row = 0  # transient failures in a row: the circuit breaker
 
     def collect(timeout: float | None) -> None:
-        nonlocal finished, finished_bytes
+        nonlocal finished, finished_bytes, in_a_row
         if not in_flight:
             return
         done, _ = wait(list(in_flight), timeout=timeout, return_when=FIRST_COMPLETED)
         for future in done:
             info = in_flight.pop(future)
-            committer.add(future.result())
+            outcome = future.result()
+            committer.add(outcome)
+            in_a_row = in_a_row + 1 if outcome.status == "failed" and outcome.transient else 0
+            if in_a_row >= BREAKER and not tripped:
+                tripped.append(outcome.error or "")
+                log.error("%s: %d objects in a row failed with transient errors (%s); stopping this pass, "
+                          "the rest is left for the next one", sync_name, in_a_row, outcome.error)
             finished += 1
             finished_bytes += info.size or 0
             if on_progress:
@@ -287,10 +301,11 @@ def _process_planned(storage: Storage, steps: list[Step], state: State, sync_nam
         if not done:
             committer.commit()
 
+    tripped: list[str] = []
     try:
         for batch in state.planned():
             for row in batch:
-                if stop is not None and stop.is_set():
+                if (stop is not None and stop.is_set()) or tripped:
                     complete = False
                     break
                 while len(in_flight) >= concurrency * 2:
@@ -300,6 +315,8 @@ def _process_planned(storage: Storage, steps: list[Step], state: State, sync_nam
             if not complete:
                 break
             collect(0)
+        while in_flight and tripped:
+            collect(COMMIT_EVERY)
         while in_flight:
             if stop is not None and stop.is_set():
                 complete = False
@@ -320,6 +337,8 @@ def _process_planned(storage: Storage, steps: list[Step], state: State, sync_nam
         raise
     committer.commit()
     executor.shutdown(wait=not in_flight, cancel_futures=True)
+    if tripped:
+        raise BreakerTripped(f"stopped after {BREAKER} objects in a row failed transiently; last: {tripped[0]}")
     return complete
 
 

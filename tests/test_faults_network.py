@@ -256,3 +256,38 @@ def test_error_statuses_resets_and_truncated_bodies_are_retried(
     print(f"\n{store.kind}: {proxy.injected} faults {dict(proxy.faults)}; {sum(gets.values())} object GETs for "
           f"{len(blobs)} objects, {len(retried)} read more than once; "
           f"{result.stderr.count('(transient; attempt')} retries by the pass itself, the rest by the client library")
+
+
+# --------------------------------------------------------------------------- storage down after the listing
+
+
+def test_storage_down_after_the_listing_trips_the_breaker(
+        new_store: Callable[[str], Store], write_pipeline: Callable[..., Path], tmp_path: Path) -> None:
+    """Reads all failing (503) stop the pass after a few objects; none is charged to death."""
+    store = new_store("s3")
+    assert store.server is not None
+    proxy = FaultProxy(store.server.url, "s3")
+    try:
+        blobs = {f"docs/{i:02d}.txt": b"x" for i in range(40)}
+        store.put_many(blobs)
+        proxy.rules = [lambda r: error(503) if object_key(r) else None]
+        path = write_pipeline(through(proxy, store, timeout="2s"), steps=[{"copy": {"url": str(tmp_path / "o")}}],
+                              syncs=[{"name": "docs", "connector": "docs", "concurrency": 1, "max_attempts": 1}])
+        started = time.monotonic()
+        down = run_flexingest("run", path, "--once", timeout=300)
+        elapsed = time.monotonic() - started
+        assert down.code == 1, down.stderr
+        no_traceback(down)
+        assert "objects in a row failed with transient errors" in down.stderr
+        state = rows(path.parent / ".flexingest" / "pipeline.db")
+        assert 3 <= len(state) < 8, "the pass stopped instead of failing every object"
+        assert {r["status"] for r in state.values()} == {"failed"}, "transient failures never make an object dead"
+        print(f"\nstorage down: pass stopped after {len(state)} objects in {elapsed:.1f}s")
+
+        proxy.heal()
+        up = run_flexingest("run", path, "--once")
+        assert up.code == 0, up.stderr
+        assert {r["status"] for r in rows(path.parent / ".flexingest" / "pipeline.db").values()} == {"done"}
+        assert outputs(tmp_path / "o") == sorted(blobs)
+    finally:
+        proxy.stop()
