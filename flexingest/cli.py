@@ -126,6 +126,17 @@ def _state_or_exit(pipeline: Pipeline, *, create: bool = True) -> Any:
         _fail(str(exc), EXIT_FAILED)
 
 
+def _verify_or_exit(state: Any) -> None:
+    """Wait for the state's integrity check (run in the background since it was opened)."""
+    from .exceptions import StateError
+
+    try:
+        state.verify()
+    except StateError as exc:
+        state.close()
+        _fail(str(exc), EXIT_FAILED)
+
+
 def _lock_or_exit(pipeline: Pipeline) -> Any:
     from .exceptions import StateLocked
     from .state import StateLock
@@ -317,6 +328,7 @@ def process(pipeline: str, keys: tuple[str, ...], connector_ref: str | None, req
     sync = _syncs(p, sync_name)[0] if sync_name else None
     stop = StopToken()
     state = _state_or_exit(p) if sync is not None else State(":memory:")
+    _verify_or_exit(state)
     restore = _signals(stop)
     bar = _progress_factory()("process")
     try:
@@ -407,8 +419,8 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
             state.close()
             from .runner import serve
 
-            serve(p, syncs, stop, _report, progress=_progress_factory())
-            code = EXIT_OK
+            healthy = serve(p, syncs, stop, _report, progress=_progress_factory())
+            code = EXIT_OK if healthy else EXIT_FAILED
     finally:
         restore()
         lock.release()
@@ -445,6 +457,7 @@ def _dry_run(p: Pipeline, syncs: list[Sync]) -> NoReturn:
     exists = p.state_path.exists()
     failed = False
     with (_state_or_exit(p, create=False) if exists else State(":memory:")) as state:
+        _verify_or_exit(state)
         for sync in syncs:
             def explain(reason: str, key: str, skip: str | None, _sync: str = sync.name) -> None:
                 click.echo(f"{_sync}\t{reason}\t{key}" + (f"\t{skip}" if skip else ""))
@@ -483,6 +496,7 @@ def status(pipeline: str, as_json: bool) -> None:
     known = {s.name: s for s in p.syncs}
     if p.state_path.exists():
         with _state_or_exit(p, create=False) as state:
+            _verify_or_exit(state)
             rows = state.status()
             problems = {name: [dict(r) for r in state.problems(name)] for name in rows}
     else:

@@ -15,6 +15,7 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
+from .exceptions import StateError
 from .state import State
 from .sync import PassResult, ProgressCallback, StopToken, run_pass
 
@@ -73,21 +74,29 @@ class _Running:
 
 def serve(pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
           on_result: Callable[[PassResult], None],
-          progress: Callable[[str], ProgressCallback | None] = lambda name: None) -> None:
-    """Run ``syncs`` on their schedules until ``stop`` is requested."""
+          progress: Callable[[str], ProgressCallback | None] = lambda name: None) -> bool:
+    """Run ``syncs`` on their schedules until ``stop`` is requested.
+
+    Returns False if the service stopped because the state file failed.
+    """
     from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.schedulers.background import BackgroundScheduler
 
     running = _Running()
+    failures: list[str] = []
 
     def job(sync: Sync) -> None:
         if stop.is_set():
             return
         with running:
             try:
-                with State(pipeline.state_path) as state:
+                with State(pipeline.state_path, check=False) as state:  # checked once, at start
                     result = run_pass(pipeline, sync, state, stop=stop, on_progress=progress(sync.name))
                 on_result(result)
+            except StateError as exc:  # the state file cannot take more: stop the service, loudly
+                log.error("%s; stopping the service", exc)
+                failures.append(str(exc))
+                stop.request()
             except Exception:  # noqa: BLE001 - the service outlives one bad pass
                 log.exception("%s: the pass failed unexpectedly; the next one runs on schedule", sync.name)
 
@@ -115,6 +124,7 @@ def serve(pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
         if not running.wait_idle((grace if grace is not None else 0) + 5):
             log.warning("a pass is still busy %.0fs after the stop; leaving it (nothing it did not commit is lost)",
                         time.monotonic() - started_wait)
+    return not failures
 
 
 def _describe(sync: Sync) -> str:

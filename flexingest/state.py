@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -114,8 +115,14 @@ class Outcome:
 class State:
     """One connection to a state file. Use from one thread."""
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
-        """Open (or create) a state file; ``":memory:"`` gives a throwaway one."""
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True, check: bool = True) -> None:
+        """Open (or create) a state file; ``":memory:"`` gives a throwaway one.
+
+        ``check`` runs ``PRAGMA quick_check`` on an existing file, in the background (it
+        reads the whole file): nothing is written before :meth:`verify` has seen it pass.
+        """
+        self._check_thread: threading.Thread | None = None
+        self._check_error: str | None = None
         self.path = Path(path)
         memory = str(path) == ":memory:"
         existed = not memory and self.path.exists()
@@ -136,17 +143,21 @@ class State:
         self.db.row_factory = sqlite3.Row
         try:
             if existed:
-                self._check_integrity()
+                self._check_foreign()
+                if check:
+                    self._start_quick_check()
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA temp_store=FILE")
             self._migrate(new=not existed)
         except sqlite3.DatabaseError as exc:
+            self._join_check()  # the checker's connection first: the last one out removes -wal and -shm
             self.db.close()
             corrupt = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
             raise StateError(self._refusal(f"it is corrupt (SQLite says: {exc})" if corrupt
                                            else f"SQLite says: {exc}")) from None
         except BaseException:
+            self._join_check()
             self.db.close()  # a refused file keeps no connection (nor -wal and -shm files) open
             raise
 
@@ -184,10 +195,34 @@ class State:
                     f"It was not changed. Fix the permissions: flexingest writes the file and creates "
                     f"{self.path.name}-wal and {self.path.name}-shm beside it.")
 
-    def _check_integrity(self) -> None:
-        rows = [r[0] for r in self.db.execute("PRAGMA quick_check").fetchall()]
-        if rows != ["ok"]:
-            raise StateError(self._refusal("it is corrupt (" + "; ".join(rows[:3]) + ")"))
+    def _start_quick_check(self) -> None:
+        def check() -> None:
+            try:
+                con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+                try:
+                    rows = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
+                finally:
+                    con.close()
+                if rows != ["ok"]:
+                    self._check_error = "it is corrupt (" + "; ".join(rows[:3]) + ")"
+            except sqlite3.Error as exc:
+                self._check_error = f"it is corrupt (SQLite says: {exc})"
+
+        self._check_thread = threading.Thread(target=check, name="flexingest-state-check", daemon=True)
+        self._check_thread.start()
+
+    def _join_check(self) -> None:
+        if self._check_thread is not None:
+            self._check_thread.join()
+            self._check_thread = None
+
+    def verify(self) -> None:
+        """Wait for the integrity check started at open; refuse the file if it failed."""
+        self._join_check()
+        if self._check_error:
+            raise StateError(self._refusal(self._check_error))
+
+    def _check_foreign(self) -> None:
         app_id = self.db.execute("PRAGMA application_id").fetchone()[0]
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if app_id != APPLICATION_ID and tables:
@@ -196,11 +231,13 @@ class State:
 
     def _migrate(self, *, new: bool) -> None:
         db = self.db
-        with self.transaction():
-            if new or db.execute("PRAGMA application_id").fetchone()[0] == 0:
+        ours = db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        has_table = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'migrations'").fetchone()
+        if new or not ours or not has_table:  # reads first: an up-to-date file is not written to here
+            with self.transaction():
                 db.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-            applied = {r[0] for r in db.execute("SELECT name FROM migrations")}
+                db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        applied = {r[0] for r in db.execute("SELECT name FROM migrations")}
         known = {name for name, _ in MIGRATIONS}
         unknown = sorted(applied - known)
         if unknown:
@@ -217,7 +254,13 @@ class State:
 
     @contextlib.contextmanager
     def transaction(self, *, immediate: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction; ``immediate=False`` for work on temporary tables only."""
+        """One transaction; ``immediate=False`` for work on temporary tables only.
+
+        A write transaction first waits for the integrity check: nothing is written to a
+        file that turns out corrupt.
+        """
+        if immediate:
+            self.verify()
         try:
             self.db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
             try:
@@ -229,10 +272,14 @@ class State:
             else:
                 self.db.execute("COMMIT")
         except sqlite3.Error as exc:  # disk full, I/O error, locked for too long: nothing was committed
+            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                self.verify()  # a corrupt page met before the check finished: the check's refusal
+                raise StateError(self._refusal(f"it is corrupt (SQLite says: {exc})")) from exc
             raise StateError(f"state file {self.path}: {exc}; nothing of this batch was recorded "
                              f"(those objects are processed again next time)") from exc
 
     def close(self) -> None:
+        self._join_check()
         self.db.close()
 
     def __enter__(self) -> State:
@@ -247,38 +294,59 @@ class State:
         db = self.db
         db.execute("DROP TABLE IF EXISTS temp.listing")
         db.execute("DROP TABLE IF EXISTS temp.todo")
-        db.execute("""CREATE TEMP TABLE listing (key TEXT PRIMARY KEY, version TEXT NOT NULL, size INTEGER,
-                      modified REAL, skip TEXT) WITHOUT ROWID""")
+        # a plain table: appending is cheap; it is indexed only if some objects may be gone
+        db.execute("CREATE TEMP TABLE listing (key TEXT NOT NULL, version TEXT NOT NULL, size INTEGER, "
+                   "modified REAL, skip TEXT)")
+        self._listed = 0
+        self._gone_possible = True
+        self._reappeared = 0
 
-    def add_listing(self, rows: Iterable[tuple[str, str, int, float | None, str | None]]) -> None:
+    def add_listing(self, rows: list[tuple[str, str, int, float | None, str | None]]) -> None:
         with self.transaction(immediate=False) as db:
-            db.executemany("INSERT OR REPLACE INTO temp.listing VALUES (?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT INTO temp.listing VALUES (?, ?, ?, ?, ?)", rows)
+        self._listed += len(rows)
 
     def add_keys(self, rows: Iterable[tuple[str, str, int, float | None]]) -> None:
         """List exactly these objects (``flexingest process``): all processed, whatever their state."""
-        self.add_listing((k, v, s, m, None) for k, v, s, m in rows)
+        self.add_listing([(k, v, s, m, None) for k, v, s, m in rows])
 
-    def plan(self, sync: str, *, ignore_changes: bool = False, force: bool = False) -> Plan:
+    def plan(self, sync: str, *, ignore_changes: bool = False, force: bool = False,
+             everything: bool = False) -> Plan:
         """Diff the listing against the state into a ``todo`` table; count each class.
 
-        ``force`` processes every listed key whatever the state says (``process``).
+        Only keys that are not plainly done go into ``todo`` (all of them with
+        ``everything``, for ``--dry-run``). ``force`` processes every listed key whatever
+        the state says (``process``).
         """
         db = self.db
         params = {"sync": sync, "ignore_changes": int(ignore_changes)}
-        reason = "'forced'" if force else CLASSIFY
+        reason = "'new'" if force else CLASSIFY
+        where = "" if everything or force else (
+            "WHERE L.skip IS NOT NULL OR O.key IS NULL OR O.version IS NOT L.version "
+            "OR O.status != 'done' OR O.gone_at IS NOT NULL")
         with self.transaction(immediate=False):
             db.execute("DROP TABLE IF EXISTS temp.todo")
             db.execute(f"""
                 CREATE TEMP TABLE todo AS
                 SELECT L.key AS key, L.version AS version, L.size AS size, L.modified AS modified,
-                       {reason} AS reason
+                       L.skip AS skip, {reason} AS reason,
+                       O.key IS NULL AS unknown, O.gone_at IS NOT NULL AS was_gone
                 FROM temp.listing L LEFT JOIN objects O ON O.sync = :sync AND O.key = L.key
+                {where}
             """, params)
-        counts = {r[0]: r[1] for r in db.execute("SELECT reason, count(*) FROM temp.todo GROUP BY reason")}
-        if force:
-            counts = {"new": counts.pop("forced", 0)}
-            with self.transaction(immediate=False):
-                db.execute("UPDATE temp.todo SET reason = 'new'")
+        counts: dict[str, int] = {}
+        unknown = reappeared = in_todo = 0
+        for r in db.execute("SELECT reason, count(*), sum(unknown), sum(was_gone) FROM temp.todo GROUP BY reason"):
+            counts[r[0]] = r[1]
+            in_todo += r[1]
+            unknown += r[2] or 0
+            reappeared += r[3] or 0
+        if not everything and not force:
+            counts["done"] = counts.get("done", 0) + self._listed - in_todo
+        # objects the listing may no longer show: only then is the anti-join of mark_gone needed
+        present = db.execute("SELECT count(*) FROM objects WHERE sync = ? AND gone_at IS NULL", (sync,)).fetchone()[0]
+        self._gone_possible = present > self._listed - unknown - reappeared
+        self._reappeared = reappeared
         return Plan(counts)
 
     def planned(self, batch: int = 500) -> Iterator[list[sqlite3.Row]]:
@@ -296,11 +364,13 @@ class State:
 
     def explain(self) -> Iterator[tuple[str, str, str | None]]:
         """Every listed key with its class and, for filtered keys, why (``--dry-run``)."""
-        yield from self.db.execute(
-            "SELECT T.reason, T.key, L.skip FROM temp.todo T JOIN temp.listing L ON L.key = T.key ORDER BY T.rowid")
+        yield from self.db.execute("SELECT reason, key, skip FROM temp.todo ORDER BY rowid")
 
     def mark_gone(self, sync: str) -> int:
         """Objects of the sync that the (complete) listing no longer shows."""
+        if not self._gone_possible:
+            return 0  # every present object was listed: no need to look
+        self.db.execute("CREATE INDEX IF NOT EXISTS temp.listing_key ON listing (key)")
         with self.transaction() as db:
             cur = db.execute("""UPDATE objects SET gone_at = :now, updated_at = :now
                                 WHERE sync = :sync AND gone_at IS NULL
@@ -310,10 +380,12 @@ class State:
 
     def unmark_gone(self, sync: str) -> None:
         """Objects listed again after they were marked gone."""
+        if not self._reappeared:
+            return
         with self.transaction() as db:
             db.execute("""UPDATE objects SET gone_at = NULL, updated_at = :now
                           WHERE sync = :sync AND gone_at IS NOT NULL
-                          AND EXISTS (SELECT 1 FROM temp.listing L WHERE L.key = objects.key)""",
+                          AND key IN (SELECT key FROM temp.todo WHERE was_gone)""",
                        {"sync": sync, "now": now_iso()})
 
     # ------------------------------------------------------------------ outcomes
@@ -371,9 +443,10 @@ class State:
 
     # ------------------------------------------------------------------ runs and status
 
-    def start_run(self, sync: str, kind: str) -> int:
+    def start_run(self, sync: str, kind: str, started_at: str | None = None) -> int:
         with self.transaction() as db:
-            cur = db.execute("INSERT INTO runs (sync, kind, started_at) VALUES (?, ?, ?)", (sync, kind, now_iso()))
+            cur = db.execute("INSERT INTO runs (sync, kind, started_at) VALUES (?, ?, ?)",
+                             (sync, kind, started_at or now_iso()))
             return int(cur.lastrowid or 0)
 
     def finish_run(self, run_id: int, counts: dict[str, int], result: str, error: str | None = None) -> None:

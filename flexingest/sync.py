@@ -14,18 +14,19 @@ anything in flight when the process dies is simply processed again next time.
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .connectors import ObjectInfo, Source, Storage, _translate, open_connector
-from .exceptions import FlexingestError, ObjectGone, ObjectSkipped, StepError
-from .state import Outcome, State
+from .exceptions import FlexingestError, ObjectGone, ObjectSkipped, StateError, StepError
+from .state import Outcome, State, now_iso
 from .steps import Step, StepContext
 
 if TYPE_CHECKING:
@@ -275,16 +276,23 @@ def _process_planned(storage: Storage, steps: list[Step], state: State, sync_nam
     committer = _Committer(state, sync_name, steps, max_attempts, counts, keep)
     executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"flexingest-{sync_name}")
     in_flight: dict[Future[Outcome], ObjectInfo] = {}
+    finished_queue: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()  # O(1) per object
     finished = 0
     finished_bytes = 0
     complete = True
     in_a_row = 0  # transient failures in a row: the circuit breaker
 
-    def collect(timeout: float | None) -> None:
+    def collect(timeout: float) -> None:
         nonlocal finished, finished_bytes, in_a_row
         if not in_flight:
             return
-        done, _ = wait(list(in_flight), timeout=timeout, return_when=FIRST_COMPLETED)
+        done: list[Future[Outcome]] = []
+        try:
+            done.append(finished_queue.get(timeout=timeout) if timeout > 0 else finished_queue.get_nowait())
+            while True:
+                done.append(finished_queue.get_nowait())
+        except queue.Empty:
+            pass
         for future in done:
             info = in_flight.pop(future)
             outcome = future.result()
@@ -311,7 +319,9 @@ def _process_planned(storage: Storage, steps: list[Step], state: State, sync_nam
                 while len(in_flight) >= concurrency * 2:
                     collect(COMMIT_EVERY)
                 info = ObjectInfo(row["key"], row["version"], row["size"], row["modified"])
-                in_flight[executor.submit(process_object, storage, steps, info, record_as, stop, redact)] = info
+                future = executor.submit(process_object, storage, steps, info, record_as, stop, redact)
+                in_flight[future] = info
+                future.add_done_callback(finished_queue.put)
             if not complete:
                 break
             collect(0)
@@ -351,14 +361,17 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
     counts = result.counts
     steps: list[Step] = []
     listing_complete = False
+    state_failed = False
     run_id = None
+    started_at = now_iso()
     try:
-        run_id = None if dry_run else state.start_run(sync.name, "pass")
         storage = open_connector(pipeline.connector(sync.connector), pipeline.base_dir)
         if not dry_run:
             steps = build_steps(pipeline, sync)
         listing_complete = _list(storage, sync, state, stop)
-        plan = state.plan(sync.name, ignore_changes=sync.on_change == "ignore")
+        if not dry_run:  # the first write: after the state's integrity check, run beside the listing
+            run_id = state.start_run(sync.name, "pass", started_at)
+        plan = state.plan(sync.name, ignore_changes=sync.on_change == "ignore", everything=dry_run)
         counts.update({k: plan.counts.get(k, 0) for k in ("new", "changed", "retry")})
         counts["listed"] = plan.listed
         counts["unchanged"] = plan.counts.get("done", 0) + plan.counts.get("ignored", 0)
@@ -381,6 +394,9 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
             result.interrupted = result.interrupted or not complete
         if listing_complete:
             counts["gone"] = counts.get("gone", 0) + state.mark_gone(sync.name)
+    except StateError:
+        state_failed = True  # the state file itself: not this sync's failure, the whole run's
+        raise
     except FlexingestError as exc:
         result.error = redactor(pipeline)(str(exc))
     finally:
@@ -388,10 +404,12 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
         result.seconds = time.monotonic() - started
         if not listing_complete and result.error is None and not result.interrupted:
             result.error = "the listing did not complete"
-        if run_id is not None:
+        if not dry_run and not state_failed:
             outcome = "error" if result.error else "failed" if not result.ok else (
                 "interrupted" if result.interrupted else "ok")
             try:
+                if run_id is None:
+                    run_id = state.start_run(sync.name, "pass", started_at)
                 state.finish_run(run_id, counts, outcome, result.error)
             except FlexingestError as exc:
                 result.error = result.error or str(exc)
@@ -447,6 +465,8 @@ def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], 
                                     sync.max_attempts if sync else 3, plan.to_process, counts, stop, on_progress,
                                     redactor(pipeline), keep=result.outcomes)
         result.interrupted = not complete
+    except StateError:
+        raise
     except FlexingestError as exc:
         result.error = redactor(pipeline)(str(exc))
     finally:

@@ -54,6 +54,10 @@ class Destination:
         self.fs, root = context.open_destination(options.url, options.connector)
         self.local = isinstance(self.fs, LocalFileSystem)
         self.root = os.path.realpath(root) if self.local else root.rstrip("/")
+        # folders already checked to resolve inside the destination, and known to exist:
+        # a bucket of many objects in few folders pays realpath and makedirs once per folder
+        self._checked: set[str] = set()
+        self._made: set[str] = set()
 
     def target(self, key: str, suffix: str = "") -> str:
         if not self.local:
@@ -62,9 +66,13 @@ class Destination:
         if len((parts[-1] + suffix).encode()) > 255:
             raise UnsafeKey(key, "its file name is longer than 255 bytes")
         path = os.path.join(self.root, *parts[:-1], parts[-1] + suffix)
-        parent = os.path.realpath(os.path.dirname(path))
-        if parent != self.root and not parent.startswith(self.root + os.sep):
-            raise UnsafeKey(key, "resolves outside the destination (through a symbolic link)")
+        folder = os.path.dirname(path)
+        if folder not in self._checked:
+            parent = os.path.realpath(folder)
+            if parent != self.root and not parent.startswith(self.root + os.sep):
+                raise UnsafeKey(key, "resolves outside the destination (through a symbolic link)")
+            if parent == folder:  # no link on the way: a later link there would be ours to make
+                self._checked.add(folder)
         return path
 
     def write_bytes(self, key: str, data: bytes, suffix: str = "") -> str:
@@ -86,12 +94,12 @@ class Destination:
 
     def _write_local(self, path: str, write: Callable[[IO[bytes]], object]) -> None:
         folder, name = os.path.split(path)
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise StepError(f"cannot create folder {folder}: a file of that name is in the way") from None
-        if os.path.isdir(path):
-            raise StepError(f"cannot write {path}: a folder of that name is in the way")
+        if folder not in self._made:
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise StepError(f"cannot create folder {folder}: a file of that name is in the way") from None
+            self._made.add(folder)
         try:
             # An unnamed file (O_TMPFILE) vanishes by itself if the process dies while writing
             fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o644)
@@ -108,7 +116,10 @@ class Destination:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
                     _link_unnamed(fd, tmp)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except IsADirectoryError:
+                raise StepError(f"cannot write {path}: a folder of that name is in the way") from None
         except BaseException:
             with contextlib.suppress(OSError, UnboundLocalError):
                 os.unlink(tmp)

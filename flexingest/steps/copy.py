@@ -22,7 +22,7 @@ class Copy(Step):
         if source.size < SMALL:
             path = self.destination.write_bytes(source.key, source.read())
         else:
-            with source.open() as src:
+            with source.stream() as src:
                 path = self.destination.write_stream(source.key, src)
         record.setdefault("outputs", []).append(path)
         return record
