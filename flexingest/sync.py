@@ -421,12 +421,16 @@ def _list(storage: Storage, sync: Sync, state: State, stop: StopToken | None) ->
     log.debug("%s: listing %s under %r", sync.name, storage.describe(), sync.prefix)
     state.begin_listing()
     now = time.time()
+    filtered = bool(sync.include or sync.exclude or sync.min_size is not None or sync.max_size is not None
+                    or sync.min_age is not None)
     for page in storage.iter_pages(sync.prefix):
         if stop is not None and stop.is_set():
             return False
-        state.add_listing([(o.key, o.version, o.size, o.modified,
-                            sync.skip_reason(o.key, o.size, None if o.modified is None else now - o.modified))
-                           for o in page])
+        if filtered:
+            state.add_listing([(*o, sync.skip_reason(o.key, o.size, None if o.modified is None else now - o.modified))
+                               for o in page])
+        else:
+            state.add_listing([(*o, None) for o in page])
     return True
 
 

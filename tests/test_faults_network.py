@@ -121,7 +121,8 @@ def test_listing_failing_partway_marks_nothing_gone(
     asked = proxy.log[before:]
     page_two = [what for r, what in asked if r.query.get(token)]
     assert page_two and set(page_two) == {"500"}, "only the second page failed, every time it was asked for"
-    assert [what for r, what in asked if not r.query.get(token)] == ["pass"], "the first page was listed"
+    first_pages = [what for r, what in asked if not r.query.get(token)]
+    assert first_pages and set(first_pages) == {"pass"}, "the first pages were listed"
     print(f"\n{store.kind}: the second page was asked for {len(page_two)} times before the pass gave up")
 
     proxy.heal()
