@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 AZURITE := tests/emulators/node_modules/.bin/azurite-blob
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,14 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/flexingest run pipelines/demo.yaml --once
 
-test: $(VENV)/.installed-test $(AZURITE)
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check flexingest tests benchmarks
+	$(BIN)/mypy
+
+test: lint $(AZURITE)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: $(VENV)/.installed-test $(AZURITE)
+test-fast: lint $(AZURITE)
 	$(BIN)/pytest $(PYTEST_ARGS) -m 'not slow'
 
 clean:

@@ -17,14 +17,12 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    ByteSize,
     ConfigDict,
     Discriminator,
     Field,
     PrivateAttr,
     SecretStr,
     Tag,
-    WithJsonSchema,
     create_model,
     field_validator,
     model_validator,
@@ -229,8 +227,8 @@ def _step_union() -> Any:
         )
         wrapper.step_name = name  # type: ignore[attr-defined]
         members.append(Annotated[wrapper, BeforeValidator(shorthand), Tag(name)])
-    union = Annotated[
-        Union[tuple(members)],  # type: ignore[valid-type]
+    union = Annotated[  # type: ignore[valid-type]
+        Union[tuple(members)],
         Discriminator(_step_tag),
     ]
     return Annotated[union, BeforeValidator(lambda v: v), _ToStepCall()]
@@ -248,7 +246,7 @@ class _ToStepCall:
                 lambda call: {call.name: call.options.model_dump(mode="json")}))
 
 
-StepList = list[_step_union()]  # type: ignore[misc]
+StepList = list[_step_union()]  # type: ignore[misc,valid-type]
 
 # --------------------------------------------------------------------------- syncs
 
@@ -315,7 +313,7 @@ class Sync(Strict):
     on_change: Literal["reprocess", "ignore"] = "reprocess"
     concurrency: int = Field(8, ge=1, le=512, description="objects in flight at once")
     max_attempts: int = Field(3, ge=1, description="failed attempts before an object is parked as dead")
-    steps: StepList | None = Field(None, description="overrides the top-level steps")
+    steps: StepList | None = Field(None, description="overrides the top-level steps")  # type: ignore[valid-type]
 
     @field_validator("include", "exclude")
     @classmethod
@@ -366,7 +364,8 @@ class Pipeline(Strict):
     version: Literal[1] = Field(description="the file format version; always 1")
     state: str | None = Field(None, description="the state file; default .flexingest/<file stem>.db")
     connectors: list[Connector] = Field(min_length=1)
-    steps: StepList = Field(default_factory=list, description="default steps for syncs and `process`")
+    steps: StepList = Field(default_factory=list,  # type: ignore[valid-type]
+                            description="default steps for syncs and `process`")
     syncs: list[Sync] = Field(default_factory=list)
 
     _path: Path = PrivateAttr(default=Path("pipeline.yaml"))
@@ -424,7 +423,10 @@ class Pipeline(Strict):
                 if isinstance(value, SecretStr) and len(value.get_secret_value()) >= 4:
                     found.add(value.get_secret_value())
                     found.update(_inner_secrets(value.get_secret_value()))
-        for step in [*self.steps, *(s for sync in self.syncs for s in (sync.steps or []))]:
+        calls: list[StepCall] = list(self.steps)
+        for sync in self.syncs:
+            calls.extend(sync.steps or [])
+        for step in calls:
             for value in getattr(step.options, "headers", {}).values():
                 if isinstance(value, SecretStr):
                     text = value.get_secret_value()  # "Bearer <token>": the token alone is secret too

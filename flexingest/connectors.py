@@ -152,7 +152,7 @@ def _translate(exc: Exception, what: str, missing: type[StorageError],
         return AccessDenied(f"{what}: access denied ({detail})")
     unreachable = {"EndpointConnectionError", "ClientConnectorError", "ServiceRequestError",
                    "ConnectTimeoutError", "ConnectionRefusedError", "ClientConnectorDNSError",
-                   "ServerDisconnectedError", "ConnectTimeoutError", "gaierror"}
+                   "ServerDisconnectedError", "gaierror"}
     if names & unreachable or (isinstance(exc, OSError) and exc.errno in (
             errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)):
         return EndpointUnreachable(f"{what}: endpoint unreachable ({detail})")
@@ -257,7 +257,7 @@ class Storage:
         from fsspec.asyn import sync
 
         fs = self.fs
-        loop = fs.loop  # type: ignore[attr-defined]
+        loop = fs.loop
         with self.errors():
             queue, task = sync(loop, self._start_listing, prefix, page_size)
         try:
@@ -338,7 +338,7 @@ class Storage:
     def open(self, key: str) -> IO[bytes]:
         """A streaming, seekable reader that never holds the whole object."""
         with self.errors(key):
-            return _ErrorMappingReader(
+            return _ErrorMappingReader(  # type: ignore[return-value]
                 self.fs.open(self.path(key), "rb", block_size=READ_BLOCK, cache_type="readahead"), self, key)
 
     def read(self, key: str) -> bytes:
@@ -357,17 +357,17 @@ class Storage:
         from fsspec.asyn import sync
 
         with self.errors(key):
-            return sync(self.fs.loop, self._read_versioned, key)  # type: ignore[attr-defined,no-any-return]
+            return sync(self.fs.loop, self._read_versioned, key)  # type: ignore[no-any-return]
 
     async def _read_versioned(self, key: str) -> tuple[bytes, str | None]:
-        return await self.fs._cat_file(self.path(key)), None  # type: ignore[attr-defined]
+        return await self.fs._cat_file(self.path(key)), None
 
     def stream_versioned(self, key: str) -> tuple[IO[bytes], str | None]:
         """A sequential reader over one request (no ranged re-reads), and the version it reads."""
         from fsspec.asyn import sync
 
         with self.errors(key):
-            read, close, version = sync(self.fs.loop, self._open_stream, key)  # type: ignore[attr-defined]
+            read, close, version = sync(self.fs.loop, self._open_stream, key)
         return _ErrorMappingReader(_AsyncStream(self.fs.loop, read, close), self, key), version  # type: ignore[return-value]
 
     async def _open_stream(self, key: str) -> tuple[Any, Any, str | None]:
@@ -482,8 +482,12 @@ def _azure_error(response: Any, body: bytes) -> Exception:
     text = f"{response.status_code} {code or response.reason}" + (f": {message.splitlines()[0]}" if message else "")
     error = (ResourceNotFoundError if response.status_code == 404 else HttpResponseError)(message=text,
                                                                                        response=response)
-    error.error_code = code
+    error.error_code = code  # type: ignore[attr-defined]
     return error
+
+
+def _revealed(secret: Any) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
 
 
 _s3_sessions: dict[tuple[Any, ...], Any] = {}
@@ -543,7 +547,7 @@ class S3Storage(Storage):
         # timeouts, resets, 5xx and SlowDown with backoff, and nests within itself around reads:
         # 3 tries made a hung endpoint cost 15 requests per listing page and up to 45 per read.
         # A body cut short is retried by the sync pass, which retries the whole object.
-        fs.retries = 1  # type: ignore[attr-defined]
+        fs.retries = 1
         return fs
 
     def _session(self) -> Any:
@@ -556,9 +560,8 @@ class S3Storage(Storage):
         from aiobotocore.session import AioSession
 
         c = self.config
-        secret = (lambda v: v.get_secret_value() if v is not None else None)  # noqa: E731
-        key = (c.profile, c.role_arn, c.endpoint_url, c.region, secret(c.aws_access_key_id),
-               secret(c.aws_secret_access_key), secret(c.aws_session_token))
+        key = (c.profile, c.role_arn, c.endpoint_url, c.region, _revealed(c.aws_access_key_id),
+               _revealed(c.aws_secret_access_key), _revealed(c.aws_session_token))
         with _sessions_lock:
             if key not in _s3_sessions:
                 session = self._assume_role_session() if c.role_arn else AioSession(profile=c.profile)
@@ -668,7 +671,6 @@ class GCSStorage(Storage):
         return str(self.config.bucket)
 
     def options(self) -> dict[str, Any]:
-        import json
 
         c = self.config
         # requests_timeout bounds a whole request (connect and read), like S3's 2 s + 5 s when failing fast
@@ -708,14 +710,14 @@ class GCSStorage(Storage):
         from google.oauth2 import service_account
 
         try:
-            return service_account.Credentials.from_service_account_info(
+            return service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
                 info, scopes=["https://www.googleapis.com/auth/devstorage.read_write"])
         except (ValueError, KeyError) as exc:
             raise FlexingestError(f"{where}: the key cannot be used ({type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0][:120] if str(exc) else 'missing field'})") from None
 
     def _make_fs(self) -> AbstractFileSystem:
-        return _gcs_class(1 if self.fast_fail else 3)(**self.options())  # type: ignore[no-any-return]
+        return _gcs_class(1 if self.fast_fail else 3)(**self.options())
 
     async def _list_page(self, prefix: str, token: Any, page_size: int,
                          delimiter: bool) -> tuple[list[ObjectInfo], list[str], Any]:
@@ -795,7 +797,7 @@ class AzureBlobStorage(Storage):
         # SDK backs off 18 s, 24 s, then 42 s between tries (1.5 min per failing request, before
         # the sync pass retries the object): back off about 2, 4, 8 s instead, like botocore.
         opts = self.options()
-        config = fs.service_client._config  # type: ignore[attr-defined]
+        config = fs.service_client._config
         config.transport.connection_config.timeout = opts["connection_timeout"]
         config.transport.connection_config.read_timeout = opts["read_timeout"]
         policy = config.retry_policy
@@ -814,8 +816,8 @@ class AzureBlobStorage(Storage):
         fs: Any = self.fs
         container = fs.service_client.get_container_client(self.root)
         query = {"restype": "container", "comp": "list", "maxresults": page_size}
-        query.update({k: v for k, v in (("prefix", prefix), ("marker", token), ("delimiter", "/" if delimiter else None))
-                      if v})
+        optional = (("prefix", prefix), ("marker", token), ("delimiter", "/" if delimiter else None))
+        query.update({k: v for k, v in optional if v})
         url = container.url + ("&" if "?" in container.url else "?") + urlencode(query, quote_via=quote)
         request = HttpRequest("GET", url, headers={"x-ms-version": container.api_version})
         response = await container._client._send_request(request, **self._request_options())
@@ -835,7 +837,10 @@ class AzureBlobStorage(Storage):
             if name.endswith("/"):
                 continue
             props = blob.find("Properties")
-            info = ObjectInfo(name, (props.findtext("Etag") or "").strip('"'), int(props.findtext("Content-Length") or 0),
+            if props is None:
+                continue
+            info = ObjectInfo(name, (props.findtext("Etag") or "").strip('"'),
+                              int(props.findtext("Content-Length") or 0),
                               _timestamp(_parse_timestamp(props.findtext("Last-Modified") or "")))
             (empty if info.size == 0 else objects).append(info)
         subs = [name_of(p) for p in root.iter("BlobPrefix")]

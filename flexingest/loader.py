@@ -63,7 +63,8 @@ def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
         if whole == "$${":
             return "${"
         if m.group(6) is not None or not whole.endswith("}"):
-            problems.append(f"invalid variable reference {whole!r}: use ${{NAME}}, ${{NAME:-default}} or ${{NAME:?message}}")
+            problems.append(f"invalid variable reference {whole!r}: "
+                            "use ${NAME}, ${NAME:-default} or ${NAME:?message}")
             return whole
         name, dash_op, default, q_op, message = m.group(1, 2, 3, 4, 5)
         value = env.get(name)
@@ -190,7 +191,7 @@ class _Loader(yaml.SafeLoader):
             if self._nodes > MAX_YAML_NODES:
                 raise _TooBig()
             if self._depth > MAX_DEPTH:
-                raise _TooDeep(self.peek_event().start_mark)
+                raise _TooDeep(self.peek_event().start_mark)  # type: ignore[no-untyped-call]
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -267,7 +268,8 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None) -> Any:
     except (_TooBig, RecursionError):
         raise fail(f"the file expands to more than {MAX_NODES} values (alias bomb?); refusing to load it") from None
     if not isinstance(data, dict):
-        raise ConfigError([*walker.issues, ConfigIssue(file, 1, 1, "", "the top level must be a mapping with 'version', 'connectors', ...")])
+        top = ConfigIssue(file, 1, 1, "", "the top level must be a mapping with 'version', 'connectors', ...")
+        raise ConfigError([*walker.issues, top])
 
     issues = list(walker.issues)
     try:
@@ -350,7 +352,10 @@ def _issue_from_pydantic(error: Mapping[str, Any], data: Any, walker: _Walker) -
             known = [f.alias or n for n, f in model.model_fields.items()]
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
         message = f"unknown field {loc[-1]!r}"
-        message += f" (did you mean {hint[0]!r}?)" if hint else (f" (expected one of: {', '.join(known)})" if known else "")
+        if hint:
+            message += f" (did you mean {hint[0]!r}?)"
+        elif known:
+            message += f" (expected one of: {', '.join(known)})"
     elif etype == "missing":
         display = (*loc, *rest)
         message = "required field missing"
@@ -443,7 +448,7 @@ def _reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue
         line, col = walker.value_marks.get(loc, (0, 0))
         issues.append(ConfigIssue(walker.file, line, col, field_path(loc), message))
 
-    connectors = data.get("connectors") if isinstance(data.get("connectors"), list) else []
+    connectors: list[Any] = data["connectors"] if isinstance(data.get("connectors"), list) else []
     names: dict[str, int] = {}
     ids: dict[int, int] = {}
     for i, c in enumerate(connectors):
@@ -460,7 +465,7 @@ def _reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue
             ids.setdefault(cid, i)
 
     top_steps = data.get("steps")
-    syncs = data.get("syncs") if isinstance(data.get("syncs"), list) else []
+    syncs: list[Any] = data["syncs"] if isinstance(data.get("syncs"), list) else []
     sync_names: dict[str, int] = {}
     for i, s in enumerate(syncs):
         if not isinstance(s, dict):

@@ -419,10 +419,12 @@ class State:
                     row = db.execute(f"""INSERT INTO objects (sync, key, version, size, modified, status, attempts,
                                                               error, gone_at, updated_at)
                                    VALUES (:sync, :key, :version, :size, :modified,
-                                           CASE WHEN 1 >= :max AND NOT :transient THEN 'dead' ELSE 'failed' END, 1, :error, NULL, :now)
+                                           CASE WHEN 1 >= :max AND NOT :transient THEN 'dead' ELSE 'failed' END,
+                                           1, :error, NULL, :now)
                                    ON CONFLICT (sync, key) DO UPDATE SET
                                        attempts = {attempts_sql},
-                                       status = CASE WHEN {attempts_sql} >= :max AND NOT :transient THEN 'dead' ELSE 'failed' END,
+                                       status = CASE WHEN {attempts_sql} >= :max AND NOT :transient
+                                                     THEN 'dead' ELSE 'failed' END,
                                        version = excluded.version, size = excluded.size,
                                        modified = excluded.modified, error = excluded.error,
                                        gone_at = NULL, updated_at = excluded.updated_at

@@ -21,7 +21,6 @@ import uuid
 from typing import Any
 
 from fsspec import AbstractFileSystem
-
 from servers import AZURITE_ACCOUNT, AZURITE_KEY, Server
 
 # gcsfs reads this at import time; without it every bucket operation stalls ~40 s trying

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import pytest
 from conftest import Result, connector_for, run_flexingest
-from servers import Server, free_port, start_moto
+from servers import free_port, start_moto
 from stores import Store
 
 OK = "Connection established successfully."

@@ -252,7 +252,8 @@ def test_step_connector_reference_is_checked(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text, message", [
     ("", "the file is empty; a pipeline needs at least 'version: 1' and 'connectors'"),
     ("- a\n- b\n", "1:1: the top level must be a mapping with 'version', 'connectors', ..."),
-    ("version: 1\nconnectors: [\n", "3:1: invalid YAML: while parsing a flow node expected the node content, but found '<stream end>'"),
+    ("version: 1\nconnectors: [\n",
+     "3:1: invalid YAML: while parsing a flow node expected the node content, but found '<stream end>'"),
     ("version: 1\n---\nversion: 1\n", "3:1: one pipeline per file: found a second YAML document"),
     ("version: 2\nconnectors: [{name: a, type: local, config: {path: x}}]\nsteps: [extract_text]\n",
      "1:10: version: input should be 1, got 2"),

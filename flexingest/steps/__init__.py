@@ -137,4 +137,4 @@ def step_class(name: str) -> type[Step]:
 def _default_destination(url: str) -> tuple[AbstractFileSystem, str]:
     from fsspec.core import url_to_fs
 
-    return url_to_fs(url)
+    return url_to_fs(url)  # type: ignore[no-any-return]

@@ -17,11 +17,11 @@ from html.parser import HTMLParser
 from typing import IO, Any, Literal
 from xml.etree import ElementTree
 
-from pydantic import Field
+from pydantic import ByteSize, Field
 
-from ..units import Size
 from ..connectors import Source
 from ..exceptions import ObjectSkipped, StepError
+from ..units import Size
 from . import Record, Step, StepOptions
 
 EXTENSIONS = {
@@ -38,7 +38,8 @@ class ExtractTextOptions(StepOptions):
     on_unsupported: Literal["fail", "skip"] = Field(
         "fail", description="an object of another type fails (default) or is skipped and recorded done")
     max_chars: int = Field(10_000_000, ge=1, description="text beyond this is cut (metadata.truncated)")
-    max_bytes: Size = Field(256 * 1024 * 1024, description="PDF/DOCX larger than this fail: they are read whole")
+    max_bytes: Size = Field(ByteSize(256 * 1024 * 1024),
+                            description="PDF/DOCX larger than this fail: they are read whole")
 
 
 class ExtractText(Step):
@@ -187,7 +188,7 @@ class ExtractText(Step):
                 count += len(pages[-1])
                 if count > self.options.max_chars:
                     break
-            info = reader.metadata or {}
+            info: Any = reader.metadata or {}
             metadata: dict[str, Any] = {"pages": len(reader.pages)}
             for field, key in (("title", "/Title"), ("author", "/Author"), ("subject", "/Subject")):
                 value = info.get(key)
