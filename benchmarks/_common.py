@@ -209,6 +209,11 @@ def fill(store: Store, items: Iterable[tuple[str, bytes]], total: int, *, chunk:
     return time.perf_counter() - started
 
 
+def count_files(folder: Path) -> int:
+    """Files below ``folder``, at any depth."""
+    return sum(len(files) for _, _, files in os.walk(folder))
+
+
 def key_name(i: int, per_folder: int = 1000, prefix: str = "") -> str:
     """Keys spread over "folders" of ``per_folder`` objects: ``d0003/obj-0003141.bin``."""
     return f"{prefix}d{i // per_folder:04d}/obj-{i:07d}.bin"

@@ -15,7 +15,6 @@ Target (issue 6): flexingest <= 0.5 x rclone copy's wall time.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from _common import (  # noqa: E402
     base_parser,
     clean_env,
     connector_config,
+    count_files,
     ensure_peers,
     expect_counts,
     fill,
@@ -53,10 +53,6 @@ from _common import (  # noqa: E402
 )
 
 TARGET = 0.5
-
-
-def count_files(folder: Path) -> int:
-    return sum(len(files) for _, _, files in os.walk(folder))
 
 
 def main() -> int:

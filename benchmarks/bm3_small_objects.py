@@ -19,7 +19,6 @@ Targets (issue 6): >= 1.0 x rclone's throughput, >= 0.8 x s5cmd's.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -35,6 +34,7 @@ from _common import (  # noqa: E402
     base_parser,
     clean_env,
     connector_config,
+    count_files,
     ensure_peers,
     expect_counts,
     fill,
@@ -61,10 +61,6 @@ from _common import (  # noqa: E402
 FLOOR = str(Path(__file__).resolve().parent / "_floor_copy.py")
 TARGET_RCLONE = 1.0
 TARGET_S5CMD = 0.8
-
-
-def count_files(folder: Path) -> int:
-    return sum(len(files) for _, _, files in os.walk(folder))
 
 
 def human_size(n: int) -> str:

@@ -17,7 +17,7 @@ from typing import IO, Callable
 from pydantic import Field
 
 from ..exceptions import StepError, UnsafeKey
-from . import StepContext, StepOptions
+from . import Step, StepContext, StepOptions
 
 CHUNK = 4 * 1024 * 1024
 
@@ -139,3 +139,14 @@ def _link_unnamed(fd: int, dest: str) -> None:
         os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
     finally:
         os.close(dir_fd)
+
+
+class DestinationStep(Step):
+    """A step that writes one output per object to ``url`` (``copy``, ``write_json``)."""
+
+    Options = DestinationOptions
+    options: DestinationOptions
+
+    def __init__(self, options: DestinationOptions, context: StepContext) -> None:
+        super().__init__(options, context)
+        self.destination = Destination(options, context)

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 from ..connectors import Source
-from . import Record, Step, StepContext
-from ._output import Destination, DestinationOptions
+from . import Record
+from ._output import DestinationStep
 
 SMALL = 8 * 1024 * 1024  # read in one request below this; stream in chunks above
 
 
-class Copy(Step):
-    Options = DestinationOptions
-    options: DestinationOptions
-
-    def __init__(self, options: DestinationOptions, context: StepContext) -> None:
-        super().__init__(options, context)
-        self.destination = Destination(options, context)
+class Copy(DestinationStep):
+    """Streams the object to the destination; small objects in one read."""
 
     def process(self, record: Record, source: Source) -> Record:
         self.destination.target(source.key)  # refuse an unsafe key before reading anything
