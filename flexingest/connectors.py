@@ -30,6 +30,7 @@ from .exceptions import (
     ObjectGone,
     StorageError,
     TransientStorageError,
+    UnsafeKey,
 )
 
 if TYPE_CHECKING:
@@ -884,13 +885,28 @@ class AzureBlobStorage(Storage):
 class LocalStorage(Storage):
     kind = "local"
 
+    _root: str | None = None
+
     @property
     def root(self) -> str:
-        p = Path(self.config.path).expanduser()
-        return str(p if p.is_absolute() else (self.base_dir / p).resolve())
+        if self._root is None:
+            p = Path(self.config.path).expanduser()
+            self._root = str(p if p.is_absolute() else (self.base_dir / p).resolve())
+        return self._root
 
     def path(self, key: str) -> str:
-        return os.path.join(self.root, *key.split("/"))
+        """The file of ``key``; a key that could name a file outside the folder is refused.
+
+        Listed keys are always safe; this guards keys given to ``flexingest process``.
+        """
+        if "\x00" in key:
+            raise UnsafeKey(key, "contains a NUL byte")
+        if key.startswith("/"):
+            raise UnsafeKey(key, "is an absolute path")
+        parts = key.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise UnsafeKey(key, "has an empty, '.' or '..' path segment")
+        return os.path.join(self.root, *parts)
 
     def describe(self, key: str | None = None) -> str:
         return os.path.join(self.root, key) if key else self.root
@@ -933,8 +949,13 @@ class LocalStorage(Storage):
                     continue  # deleted while listing
 
     def info(self, key: str) -> ObjectInfo:
+        path = self.path(key)
+        if "/" in key:  # the listing never enters a linked folder; neither does a given key
+            root = os.path.realpath(self.root)
+            if not os.path.realpath(os.path.dirname(path)).startswith(root + os.sep):
+                raise UnsafeKey(key, "passes through a symbolic link to a folder")
         with self.errors(key):
-            st = os.stat(self.path(key))
+            st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
             raise ObjectGone(f"{self.describe(key)}: not a file")
         return ObjectInfo(key, f"{st.st_mtime_ns}-{st.st_size}", st.st_size, st.st_mtime)

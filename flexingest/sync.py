@@ -482,5 +482,7 @@ def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], 
 def _lookup(storage: Storage, key: str) -> tuple[str, ObjectInfo | None, FlexingestError | None]:
     try:
         return key, storage.info(key), None
+    except ObjectGone:
+        return key, None, ObjectGone(f"{storage.describe(key)}: not found")  # no listing to have been deleted after
     except FlexingestError as exc:
         return key, None, exc

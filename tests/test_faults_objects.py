@@ -410,3 +410,30 @@ def test_output_keys_check_refuses_nul_and_long_segments() -> None:
         with pytest.raises(UnsafeKey, match=why):
             check_key(key)
     assert check_key("a/b c/ü.txt") == ["a", "b c", "ü.txt"]
+
+
+def test_process_refuses_keys_that_would_read_outside_a_local_folder(tmp_path: Path) -> None:
+    """`process` keys come from people and request bodies: on a local connector none may name a
+    file outside the folder, whether by '..', an absolute path or a linked folder."""
+    secret = tmp_path / "private" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("the secret file")
+    docs = tmp_path / "deep" / "docs"
+    docs.mkdir(parents=True)
+    (docs / "ok.txt").write_text("fine")
+    (docs / "linked").symlink_to(secret.parent, target_is_directory=True)
+    out = tmp_path / "out.jsonl"
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nconnectors:\n  - {name: docs, type: local, config: {path: deep/docs}}\n"
+                    f"steps: [extract_text, {{write_jsonl: {{path: {out}}}}}]\n")
+    hostile = ["../../private/secret.txt", str(secret), "linked/secret.txt", "./ok.txt", "a//ok.txt"]
+    result = run_flexingest("process", path, "--connector", "docs", "ok.txt", *hostile, "missing.txt")
+    assert result.code == 1
+    lines = {r["key"]: r for r in map(json.loads, result.stdout.splitlines())}
+    assert lines["ok.txt"]["status"] == "done"
+    for key in hostile:
+        assert lines[key]["status"] == "failed" and "unsafe key" in lines[key]["error"], lines[key]
+    assert lines["missing.txt"]["status"] == "gone"
+    assert lines["missing.txt"]["error"].endswith("missing.txt: not found")
+    written = out.read_text()
+    assert "fine" in written and "secret" not in written
