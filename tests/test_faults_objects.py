@@ -437,3 +437,23 @@ def test_process_refuses_keys_that_would_read_outside_a_local_folder(tmp_path: P
     assert lines["missing.txt"]["error"].endswith("missing.txt: not found")
     written = out.read_text()
     assert "fine" in written and "secret" not in written
+
+
+def test_local_listing_follows_file_links_but_never_enters_a_linked_folder(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "inside.txt").write_text("a whole other tree")
+    (tmp_path / "shared.txt").write_text("linked file")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "plain.txt").write_text("plain")
+    (docs / "link.txt").symlink_to(tmp_path / "shared.txt")
+    (docs / "tree").symlink_to(elsewhere, target_is_directory=True)
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nconnectors:\n  - {name: docs, type: local, config: {path: docs}}\n"
+                    "steps: [extract_text, {write_jsonl: {path: out.jsonl}}]\n"
+                    "syncs:\n  - {name: docs, connector: docs}\n")
+    result = run_flexingest("run", path, "--once")
+    assert result.code == 0, result.stderr
+    records = {r["key"]: r["text"] for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    assert records == {"plain.txt": "plain", "link.txt": "linked file"}
