@@ -354,6 +354,8 @@ def process(pipeline: str, keys: tuple[str, ...], connector_ref: str | None, req
 def _parse_request(stream: Any) -> tuple[str, tuple[str, ...]]:
     try:
         body = json.load(stream)
+        if not isinstance(body, dict) or not isinstance(body.get("source", {}), dict):
+            raise TypeError("the body and its 'source' must be JSON objects")
         source = body["source"]
         connector = source["connector_id"]
         keys = source["keys"]

@@ -237,6 +237,13 @@ def test_process_exact_keys_and_request_body(store: Store, write_pipeline: Calla
     bad = cli("process", path, "--request", "-", input='{"source": {"keys": ["a"]}}')
     assert bad.code == 2
     assert "invalid request body (missing 'connector_id')" in bad.stderr
+    for body, why in [("[]", "must be JSON objects"), ('{"source": ["a"]}', "must be JSON objects"),
+                      ('{"source": {"connector_id": 42, "keys": []}}', "non-empty list of strings"),
+                      ('{"source": {"connector_id": 42, "keys": [1]}}', "non-empty list of strings"),
+                      ("{not json", "Expecting property name")]:
+        bad = cli("process", path, "--request", "-", input=body)
+        assert bad.code == 2 and "invalid request body (" in bad.stderr and why in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr
 
 
 def test_dry_run_lists_every_key_and_changes_nothing(store: Store, write_pipeline: Callable[..., Path],
