@@ -153,11 +153,18 @@ class _Walker:
         else:
             value = self._constructor.construct_object(node)
         if isinstance(value, str):
+            written = value
             value, problems = interpolate(value, self.env)
+            value, bad = _pair_surrogates(value)
+            if bad and _SURROGATE.search(written) is None:
+                bad = "a variable used here has a value that is not UTF-8 text"
+            if bad:
+                problems.append(bad)
             for problem in problems:
                 self.issue(node, loc, problem)
             if problems:
                 self.tainted.add(loc)
+                return None if bad else value
         return value
 
     def walk_key(self, node: yaml.Node, loc: Loc) -> str | None:
@@ -165,7 +172,27 @@ class _Walker:
             self.issue(node, loc, "mapping keys must be plain strings")
             return None
         key = node.value if node.tag == _TIMESTAMP else self._constructor.construct_object(node)
-        return str(key) if key is not None else "null"
+        text, bad = _pair_surrogates(str(key) if key is not None else "null")
+        if bad:
+            self.issue(node, loc, f"key: {bad}")
+            return None
+        return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_LONE_SURROGATE = re.compile("[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]")
+
+
+def _pair_surrogates(text: str) -> tuple[str, str | None]:
+    """``text`` with escaped UTF-16 pairs (YAML "\\ud83c\\udf89") joined into one character, or
+    the problem when a lone surrogate is left: it is no character, and nothing can encode it."""
+    if _SURROGATE.search(text) is None:
+        return text, None
+    lone = _LONE_SURROGATE.search(text)
+    if lone is not None:
+        return text, (f"a lone UTF-16 surrogate \\u{ord(lone.group()):04x} (character {lone.start() + 1}) is not "
+                      "a character: write the character itself, or a \\U escape")
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le"), None
 
 
 class _TooBig(Exception):
