@@ -15,6 +15,7 @@ import email.utils
 import errno
 import io
 import os
+import re
 import shutil
 import stat
 import threading
@@ -886,6 +887,8 @@ class LocalStorage(Storage):
     kind = "local"
 
     _root: str | None = None
+    #: keys shown for files whose names are not UTF-8 (bytes as \\xNN): listed, and failed
+    _undecodable: set[str] | None = None
 
     @property
     def root(self) -> str:
@@ -906,6 +909,9 @@ class LocalStorage(Storage):
         parts = key.split("/")
         if any(part in ("", ".", "..") for part in parts):
             raise UnsafeKey(key, "has an empty, '.' or '..' path segment")
+        if self._undecodable and key in self._undecodable:
+            raise StorageError(f"{self.describe(key)}: the file name is not UTF-8 text (its odd bytes are shown "
+                               "as \\xNN); keys are text: rename the file")
         return os.path.join(self.root, *parts)
 
     def describe(self, key: str | None = None) -> str:
@@ -921,6 +927,11 @@ class LocalStorage(Storage):
         page: list[ObjectInfo] = []
         for key, st in self._walk(os.path.join(root, *start.split("/")) if start else root,
                                   f"{start}/" if start else ""):
+            if _SURROGATE.search(key) is not None:  # a name in bytes that are not UTF-8
+                key = key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                if self._undecodable is None:
+                    self._undecodable = set()
+                self._undecodable.add(key)
             if key.startswith(prefix):
                 page.append(ObjectInfo(key, f"{st.st_mtime_ns}-{st.st_size}", st.st_size, st.st_mtime))
                 if len(page) >= page_size:
@@ -981,6 +992,9 @@ class LocalStorage(Storage):
 
     def local_path(self, key: str) -> str:
         return self.path(key)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 STORAGES: dict[str, type[Storage]] = {

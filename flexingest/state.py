@@ -97,6 +97,14 @@ class Plan:
         return sum(self.counts.values())
 
 
+def _text(message: str | None) -> str | None:
+    """A message as storable text: a lone surrogate (a file name in bytes that are not UTF-8,
+    echoed by a step) is written as its escape instead of failing the whole commit."""
+    if message is None or message.isascii():
+        return message
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What happened to one object, to be recorded."""
@@ -414,7 +422,7 @@ class State:
                                        size = excluded.size, modified = excluded.modified, status = 'done',
                                        error = excluded.error, processed_at = excluded.processed_at,
                                        gone_at = NULL, updated_at = excluded.updated_at""",
-                               (sync, o.key, o.version, o.size, o.modified, o.error, now, now))
+                               (sync, o.key, o.version, o.size, o.modified, _text(o.error), now, now))
                 else:
                     row = db.execute(f"""INSERT INTO objects (sync, key, version, size, modified, status, attempts,
                                                               error, gone_at, updated_at)
@@ -430,7 +438,7 @@ class State:
                                        gone_at = NULL, updated_at = excluded.updated_at
                                    RETURNING status""",
                                      {"sync": sync, "key": o.key, "version": o.version, "size": o.size,
-                                      "modified": o.modified, "error": o.error, "max": max_attempts,
+                                      "modified": o.modified, "error": _text(o.error), "max": max_attempts,
                                       "now": now, "transient": int(o.transient)}).fetchone()
                     dead += row[0] == "dead"
         return {"dead": dead}
@@ -456,7 +464,7 @@ class State:
         with self.transaction() as db:
             db.execute(f"""UPDATE runs SET ended_at = ?, result = ?, error = ?,
                            {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?""",
-                       (now_iso(), result, error, *(int(counts.get(c, 0)) for c in cols), run_id))
+                       (now_iso(), result, _text(error), *(int(counts.get(c, 0)) for c in cols), run_id))
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per sync: object counts by status, and the last run."""

@@ -399,6 +399,9 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
         raise
     except FlexingestError as exc:
         result.error = redactor(pipeline)(str(exc))
+    except Exception as exc:
+        result.error = redactor(pipeline)(f"unexpected {type(exc).__name__}: {exc}")  # recorded, then raised
+        raise
     finally:
         close_steps(steps)
         result.seconds = time.monotonic() - started

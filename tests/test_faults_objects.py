@@ -457,3 +457,51 @@ def test_local_listing_follows_file_links_but_never_enters_a_linked_folder(tmp_p
     assert result.code == 0, result.stderr
     records = {r["key"]: r["text"] for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
     assert records == {"plain.txt": "plain", "link.txt": "linked file"}
+
+
+def test_a_local_file_name_that_is_not_utf8_fails_alone_and_visibly(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "good.txt").write_text("fine")
+    with open(os.fsencode(docs) + b"/bad\xffname.txt", "wb") as f:
+        f.write(b"bytes")
+    os.mkdir(os.fsencode(docs) + b"/dir\xfe")
+    with open(os.fsencode(docs) + b"/dir\xfe/inner.txt", "wb") as f:
+        f.write(b"inner")
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nconnectors:\n  - {name: docs, type: local, config: {path: docs}}\n"
+                    "steps: [extract_text, {write_jsonl: {path: out.jsonl}}]\n"
+                    "syncs:\n  - {name: docs, connector: docs, max_attempts: 2}\n")
+    for attempt in (1, 2):
+        result = run_flexingest("run", path, "--once")
+        assert result.code == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        rows = state_rows(path.parent / ".flexingest" / "p.db")
+        assert rows["good.txt"]["status"] == "done"
+        for key in ("bad\\xffname.txt", "dir\\xfe/inner.txt"):
+            assert rows[key]["attempts"] == attempt
+            assert rows[key]["status"] == ("failed" if attempt == 1 else "dead")
+            assert "the file name is not UTF-8 text" in rows[key]["error"], rows[key]
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in records] == ["good.txt"]
+    status = run_flexingest("status", path, "--json")
+    assert status.code == 0 and "bad\\\\xffname.txt" in status.stdout
+
+
+def test_a_step_error_naming_undecodable_bytes_is_recorded(tmp_path: Path) -> None:
+    """An error message carrying a lone surrogate (a non-UTF-8 file name a step echoed) is
+    stored escaped: it neither crashes the commit nor leaves the pass recorded as ok."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("a")
+    hook = module(tmp_path, "def boom(record):\n"
+                            "    raise ValueError('cannot open ' + b'x\\xff'.decode('utf-8', 'surrogateescape'))\n")
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nconnectors:\n  - {name: docs, type: local, config: {path: docs}}\n"
+                    f"steps: [{{python: {{callable: '{hook}:boom'}}}}]\n"
+                    "syncs:\n  - {name: docs, connector: docs}\n")
+    result = run_flexingest("run", path, "--once")
+    assert result.code == 1 and "Traceback" not in result.stderr, result.stderr
+    row = state_rows(path.parent / ".flexingest" / "p.db")["a.txt"]
+    assert row["status"] == "failed" and row["error"].endswith("cannot open x\\udcff"), row
+    status = json.loads(run_flexingest("status", path, "--json").stdout)
+    assert status["syncs"]["docs"]["last_run"]["result"] == "failed"
