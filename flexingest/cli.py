@@ -453,6 +453,7 @@ def _run_once(p: Pipeline, syncs: list[Sync], stop: StopToken, state: Any) -> in
 
 
 def _dry_run(p: Pipeline, syncs: list[Sync]) -> NoReturn:
+    from .console import printable
     from .state import State
     from .sync import run_pass
 
@@ -462,7 +463,7 @@ def _dry_run(p: Pipeline, syncs: list[Sync]) -> NoReturn:
         _verify_or_exit(state)
         for sync in syncs:
             def explain(reason: str, key: str, skip: str | None, _sync: str = sync.name) -> None:
-                click.echo(f"{_sync}\t{reason}\t{key}" + (f"\t{skip}" if skip else ""))
+                click.echo(f"{_sync}\t{reason}\t{printable(key)}" + (f"\t{printable(skip)}" if skip else ""))
 
             result = run_pass(p, sync, state, dry_run=True, on_explain=explain)
             c = result.counts
@@ -491,7 +492,7 @@ def status(pipeline: str, as_json: bool) -> None:
       flexingest status pipeline.yaml
       flexingest status pipeline.yaml --json | jq '.syncs.contracts.failed'
     """
-    from .console import secret_filter
+    from .console import printable, secret_filter
     from .runner import next_due
 
     p = _load(pipeline)
@@ -536,7 +537,7 @@ def status(pipeline: str, as_json: bool) -> None:
     for name, e in out.items():
         for problem in e["problems"]:
             click.echo(f"  {name}: {problem['status']} ({problem['attempts']} attempt(s)) "
-                       f"{problem['key']}: {secret_filter.mask(problem['error'] or '')}")
+                       f"{printable(problem['key'])}: {printable(secret_filter.mask(problem['error'] or ''))}")
     _exit(EXIT_OK)
 
 

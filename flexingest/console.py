@@ -21,6 +21,23 @@ NOISY_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3fs", "gcsfs", "adlfs", "
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
+def printable(text: str) -> str:
+    """Control characters (and lone surrogates) escaped: a line never drives the terminal, and
+    an object key with a newline cannot forge a second log line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL message``, the message made printable (keys come from buckets)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 class SecretFilter(logging.Filter):
     """Masks known secret values in a record's final message and traceback."""
 
@@ -91,7 +108,7 @@ def setup_logging(verbosity: int = 0, fmt: str = "text", stream: TextIO | None =
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         if isinstance(old, _Handler):

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from .console import printable
 from .exceptions import ConfigError, ConfigIssue
 
 Loc = tuple[str | int, ...]
@@ -42,11 +43,6 @@ def field_path(loc: Loc) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
-
-
-def printable(text: str) -> str:
-    """Control characters (and lone surrogates) escaped: error lines never drive the terminal."""
-    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:

@@ -505,3 +505,26 @@ def test_a_step_error_naming_undecodable_bytes_is_recorded(tmp_path: Path) -> No
     assert row["status"] == "failed" and row["error"].endswith("cannot open x\\udcff"), row
     status = json.loads(run_flexingest("status", path, "--json").stdout)
     assert status["syncs"]["docs"]["last_run"]["result"] == "failed"
+
+
+def test_keys_with_control_characters_cannot_drive_the_terminal_or_forge_lines(tmp_path: Path) -> None:
+    """A bucket's key is anyone's text: logs, dry-run lines and status show it escaped, on one line."""
+    key = "evil\x1b[2J\rname\nFAKE ERROR line\t.txt"
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / key).write_text("x")
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nconnectors:\n  - {name: docs, type: local, config: {path: docs}}\n"
+                    "steps: [{command: {argv: ['false']}}]\nsyncs:\n  - {name: docs, connector: docs}\n")
+    shown = "evil\\x1b[2J\\rname\\nFAKE ERROR line\\t.txt"
+    dry = run_flexingest("run", path, "--once", "--dry-run")
+    assert dry.stdout.splitlines() == [f"docs\tnew\t{shown}"]
+    run = run_flexingest("run", path, "--once")
+    assert run.code == 1
+    status = run_flexingest("status", path)
+    for output in (run.stderr, status.stdout, dry.stdout):
+        assert "\x1b" not in output and "\r" not in output, output
+        assert not any(line.startswith("FAKE") for line in output.splitlines()), output
+    assert f"docs: {shown} failed: command 'false' exited with status 1" in run.stderr
+    assert f"{shown}: command 'false' exited with status 1" in status.stdout
+    rows = state_rows(path.parent / ".flexingest" / "p.db")
+    assert list(rows) == [key], "the state keeps the key itself"
