@@ -15,6 +15,7 @@ Step modules are imported on first use and checked against :class:`Step`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import threading
 from dataclasses import dataclass, field
@@ -105,7 +106,9 @@ _lock = threading.Lock()
 _classes: dict[str, type[Step]] = {}
 
 
+@functools.cache
 def _entry_points() -> dict[str, str]:
+    # scanning every installed distribution's metadata costs milliseconds: once a process
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
