@@ -136,8 +136,18 @@ def kinds_list(text: str) -> list[str]:
     return out
 
 
+def compile_flexingest() -> None:
+    """Compile flexingest's modules to bytecode, as an install does.
+
+    With PYTHONDONTWRITEBYTECODE set (as on some CI machines) an editable checkout would
+    otherwise compile every module at every start, which no installed tool pays.
+    """
+    subprocess.run([PYTHON, "-m", "compileall", "-q", str(REPO / "flexingest")], check=True)
+
+
 def workdir(prefix: str, keep: bool = False) -> Path:
-    """A temporary folder for this run, removed at exit unless ``keep``."""
+    """A temporary folder for this run, removed at exit unless ``keep``; flexingest compiled."""
+    compile_flexingest()
     path = Path(tempfile.mkdtemp(prefix=f"flexingest-bm-{prefix}-"))
     if keep:
         atexit.register(lambda: log(f"work folder kept: {path}"))

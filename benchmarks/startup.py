@@ -32,6 +32,7 @@ from _common import (  # noqa: E402
     Report,
     base_parser,
     clean_env,
+    compile_flexingest,
     fmt_mb,
     machine_info,
     measure,
@@ -92,6 +93,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10, help="runs per command (default 10, median shown)")
     args = parser.parse_args()
     wait_quiet(args.wait_quiet)
+    compile_flexingest()
 
     report = Report("startup", "Start-up: flexingest --help and validate", args.save)
     report.emit(machine_info())
