@@ -289,6 +289,8 @@ class Cron(Strict):
 
 def _schedule_tag(value: Any) -> str | None:
     if isinstance(value, dict):
+        if "every" in value and "cron" in value:
+            return None  # one or the other: the shape error says which shapes exist
         return "every" if "every" in value else "cron" if "cron" in value else None
     return "every" if isinstance(value, Every) else "cron" if isinstance(value, Cron) else None
 

@@ -201,12 +201,14 @@ def test_bad_schedules_globs_and_durations(tmp_path: Path) -> None:
           - {name: s3, connector: a, schedule: {cron: "0 * * * *", timezone: Mars/Olympus}}
           - {name: s4, connector: a, schedule: {hourly: true}}
           - {name: s5, connector: a, include: ["[abc"], min_size: 10KB, max_size: 1KB}
+          - {name: s6, connector: a, schedule: {every: 5m, cron: "* * * * *"}}
         """) == [
         "5:48: syncs[0].schedule.every: expected a duration like 30s, 5m, 1h30m or a number of seconds, got '5x'",
         "6:47: syncs[1].schedule.cron: invalid crontab '* * *': Wrong number of fields; got 3, expected 5",
         "7:70: syncs[2].schedule.timezone: unknown time zone 'Mars/Olympus' (e.g. UTC, Europe/Paris)",
         "8:30: syncs[3].schedule: a schedule is {every: 5m} or {cron: '*/15 * * * *', timezone: UTC}",
         "9:30: syncs[4].include: unclosed '[' in glob '[abc'",
+        "10:30: syncs[5].schedule: a schedule is {every: 5m} or {cron: '*/15 * * * *', timezone: UTC}",
     ]
 
 
