@@ -192,6 +192,9 @@ Connector = Annotated[
     Field(discriminator="type"),
 ]
 CONNECTOR_TYPES = ("azure_blob", "gcs", "local", "s3")
+#: URL schemes that name a place in a connector type's storage (a ``copy`` destination's ``url``)
+URL_SCHEMES = {"azure_blob": ("abfs", "abfss", "az"), "gcs": ("gs", "gcs"), "local": ("file", "local"),
+               "s3": ("s3", "s3a")}
 SECRET_FIELDS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token",
                            "service_account_json", "account_key", "sas_token", "connection_string"})
 

@@ -473,6 +473,7 @@ def _reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue
 
     connectors: list[Any] = data["connectors"] if isinstance(data.get("connectors"), list) else []
     names: dict[str, int] = {}
+    types = {c.get("name"): c.get("type") for c in connectors if isinstance(c, dict)}
     ids: dict[int, int] = {}
     for i, c in enumerate(connectors):
         if not isinstance(c, dict):
@@ -519,7 +520,27 @@ def _reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue
                 if (isinstance(ref, str) and names and ref not in names
                         and _has_connector_option(step_name)):
                     add((*loc, j, step_name, "connector"), f"unknown connector {ref!r} (known: {', '.join(names)})")
+                elif isinstance(ref, str) and ref in names and _has_connector_option(step_name):
+                    url = options.get("url")
+                    problem = destination_url_problem(url, ref, types[ref]) if isinstance(url, str) else None
+                    if problem:
+                        add((*loc, j, step_name, "url"), problem)
     return issues
+
+
+def destination_url_problem(url: str, connector: str, kind: Any) -> str | None:
+    """Why ``url`` cannot be a destination opened with ``connector``'s credentials, or None.
+
+    A path inside the connector's bucket, or a URL of the connector's own kind (another
+    bucket of the same store); never a URL of another store."""
+    from .config import URL_SCHEMES
+
+    scheme = url.split("://", 1)[0] if "://" in url else None
+    schemes = URL_SCHEMES.get(kind, ()) if isinstance(kind, str) else ()
+    if scheme is None or not schemes or scheme in schemes:
+        return None
+    return (f"{scheme}:// is not a place in connector {connector!r} ({kind}): give a path inside its "
+            f"bucket, or a URL like {schemes[0]}://bucket/path")
 
 
 @functools.lru_cache(maxsize=1)

@@ -102,6 +102,13 @@ def step_context(pipeline: Pipeline) -> StepContext:
     def open_destination(url: str, connector: str | None) -> tuple[AbstractFileSystem, str]:
         if connector is not None:
             storage = open_connector(pipeline.connector(connector), pipeline.base_dir)
+            if "://" in url:  # a URL of the connector's own kind: any bucket its credentials open
+                from .loader import destination_url_problem
+
+                problem = destination_url_problem(url, connector, storage.kind)
+                if problem:
+                    raise FlexingestError(f"destination {url}: {problem}")
+                return storage.fs, storage.fs._strip_protocol(url).rstrip("/")
             if storage.kind == "local":
                 return storage.fs, os.path.join(storage.root, url)
             return storage.fs, f"{storage.root}/{url.strip('/')}".rstrip("/")

@@ -251,6 +251,19 @@ def test_step_connector_reference_is_checked(tmp_path: Path) -> None:
         """, env={}) == ["4:33: steps[0].copy.connector: unknown connector 'backup' (known: a)"]
 
 
+def test_a_destination_url_must_be_of_its_connectors_kind(tmp_path: Path) -> None:
+    assert errors(tmp_path, """\
+        version: 1
+        connectors: [{name: a, type: s3, config: {bucket: b}}]
+        steps:
+          - copy: {url: "s3://other-bucket/mirror", connector: a}
+          - copy: {url: "s3a://other-bucket/mirror", connector: a}
+          - copy: {url: mirror/, connector: a}
+          - write_json: {url: "gs://elsewhere/json", connector: a}
+        """, env={}) == ["7:23: steps[3].write_json.url: gs:// is not a place in connector 'a' (s3): give a path "
+                         "inside its bucket, or a URL like s3://bucket/path"]
+
+
 @pytest.mark.parametrize("text, message", [
     ("", "the file is empty; a pipeline needs at least 'version: 1' and 'connectors'"),
     ("- a\n- b\n", "1:1: the top level must be a mapping with 'version', 'connectors', ..."),

@@ -308,3 +308,25 @@ def test_hostile_keys_never_escape_a_local_destination(kind: str, new_store: Cal
     listed = {k for k in store.keys() if k != "fine/ok.txt"}
     assert set(failed) == listed
     assert all("unsafe key" in r["error"] for r in failed.values())
+
+
+@pytest.mark.parametrize("kind, scheme", [("s3", "s3"), ("gcs", "gs"), ("azure_blob", "abfs"), ("local", "file")])
+def test_copy_and_write_json_into_another_bucket(kind: str, scheme: str, new_store: Callable[[str], Store],
+                                                 write_pipeline: Callable[..., Path],
+                                                 cli: Callable[..., Result]) -> None:
+    """Outputs to another bucket of the same store: by a declared connector (a path in its bucket),
+    or by a URL of that kind opened with the source connector's credentials."""
+    source, dest = new_store(kind), new_store(kind)
+    source.put_many({"a.txt": b"alpha", "dir/b c.txt": b"beta"})
+    url = f"{scheme}://{dest.bucket}/json" if kind != "local" else f"file://{dest.bucket}/json"
+    path = write_pipeline([connector_for(source), connector_for(dest, name="backup")],
+                          steps=[{"copy": {"url": "mirror", "connector": "backup"}},
+                                 {"write_json": {"url": url, "connector": "docs"}}],
+                          syncs=[{"name": "docs", "connector": "docs"}])
+    result = cli("run", path, "--once")
+    assert result.code == 0, result.stderr
+    assert dest.keys() == ["json/a.txt.json", "json/dir/b c.txt.json",
+                           "mirror/a.txt", "mirror/dir/b c.txt"]
+    assert dest.read("mirror/dir/b c.txt") == b"beta"
+    assert json.loads(dest.read("json/a.txt.json"))["key"] == "a.txt"
+    assert source.keys() == ["a.txt", "dir/b c.txt"], "nothing written into the source bucket"
