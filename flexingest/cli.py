@@ -480,8 +480,10 @@ def _dry_run(p: Pipeline, syncs: list[Sync]) -> NoReturn:
 @cli.command()
 @click.argument("pipeline", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable, on stdout.")
+@click.option("--problems", "limit", type=click.IntRange(min=0), default=20, show_default=True, metavar="N",
+              help="Failed and dead objects listed per sync, most recent first; 0 lists them all.")
 @_common
-def status(pipeline: str, as_json: bool) -> None:
+def status(pipeline: str, as_json: bool, limit: int) -> None:
     """Per sync: objects done / failed / dead / gone, the last run, the next due time.
 
     Failed and dead objects are listed with their last error. Reads the state only: it
@@ -501,7 +503,7 @@ def status(pipeline: str, as_json: bool) -> None:
         with _state_or_exit(p, create=False) as state:
             _verify_or_exit(state)
             rows = state.status()
-            problems = {name: [dict(r) for r in state.problems(name)] for name in rows}
+            problems = {name: [dict(r) for r in state.problems(name, limit or None)] for name in rows}
     else:
         rows, problems = {}, {}
     out: dict[str, Any] = {}
@@ -538,6 +540,8 @@ def status(pipeline: str, as_json: bool) -> None:
         for problem in e["problems"]:
             click.echo(f"  {name}: {problem['status']} ({problem['attempts']} attempt(s)) "
                        f"{printable(problem['key'])}: {printable(secret_filter.mask(problem['error'] or ''))}")
+        if (more := e["failed"] + e["dead"] - len(e["problems"])) > 0:
+            click.echo(f"  {name}: and {more} more failed or dead (--problems 0 lists them all)")
     _exit(EXIT_OK)
 
 

@@ -483,11 +483,12 @@ class State:
             entry["last_run"] = {k: r[k] for k in r.keys() if k not in ("id", "sync")}
         return out
 
-    def problems(self, sync: str, limit: int = 20) -> list[sqlite3.Row]:
-        """Failed and dead objects of a sync, most recent first."""
+    def problems(self, sync: str, limit: int | None = 20) -> list[sqlite3.Row]:
+        """Failed and dead objects of a sync, most recent first (all of them if ``limit`` is None)."""
         return self.db.execute("""SELECT key, status, attempts, error, updated_at FROM objects
                                   WHERE sync = ? AND status IN ('failed', 'dead') AND gone_at IS NULL
-                                  ORDER BY updated_at DESC LIMIT ?""", (sync, limit)).fetchall()
+                                  ORDER BY updated_at DESC LIMIT ?""",
+                               (sync, -1 if limit is None else limit)).fetchall()
 
     def objects(self, sync: str) -> list[sqlite3.Row]:
         """Every row of a sync (for tests and small inspections)."""

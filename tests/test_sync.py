@@ -330,3 +330,23 @@ def test_copy_and_write_json_into_another_bucket(kind: str, scheme: str, new_sto
     assert dest.read("mirror/dir/b c.txt") == b"beta"
     assert json.loads(dest.read("json/a.txt.json"))["key"] == "a.txt"
     assert source.keys() == ["a.txt", "dir/b c.txt"], "nothing written into the source bucket"
+
+
+def test_status_lists_recent_problems_and_says_how_many_more(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    (tmp_path / "docs").mkdir()
+    for i in range(25):
+        (tmp_path / "docs" / f"f{i:02}.txt").write_text(str(i))
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nconnectors:\n  - {name: docs, type: local, config: {path: docs}}\n"
+                    "steps: [{command: {argv: ['false']}}]\nsyncs:\n  - {name: docs, connector: docs}\n")
+    assert cli("run", path, "--once").code == 1
+    default = cli("status", path)
+    listed = [line for line in default.stdout.splitlines() if line.startswith("  docs: failed")]
+    assert len(listed) == 20
+    assert "  docs: and 5 more failed or dead (--problems 0 lists them all)" in default.stdout.splitlines()
+    every = cli("status", path, "--problems", "0")
+    assert sum(line.startswith("  docs: failed") for line in every.stdout.splitlines()) == 25
+    assert "more failed or dead" not in every.stdout
+    few = json.loads(cli("status", path, "--json", "--problems", "3").stdout)["syncs"]["docs"]
+    assert (few["failed"], len(few["problems"])) == (25, 3)
+    assert cli("status", path, "--problems", "-1").code == 2
