@@ -105,6 +105,14 @@ def serve(pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         timezone=timezone.utc,
     )
+    from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
+
+    def still_running(event: JobSubmissionEvent) -> None:
+        log.info("%s: the previous pass is still running; this scheduled pass is skipped "
+                 "(a pass takes longer than the schedule)", event.job_id)
+
+    scheduler.add_listener(still_running, EVENT_JOB_MAX_INSTANCES)
+    logging.getLogger("apscheduler.scheduler").addFilter(_said_by_us)
     start = datetime.now(timezone.utc)
     for sync in syncs:
         scheduler.add_job(job, trigger_for(sync.schedule), args=[sync], id=sync.name, name=sync.name,
@@ -125,6 +133,11 @@ def serve(pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
             log.warning("a pass is still busy %.0fs after the stop; leaving it (nothing it did not commit is lost)",
                         time.monotonic() - started_wait)
     return not failures
+
+
+def _said_by_us(record: logging.LogRecord) -> bool:
+    """APScheduler warns when a pass is still running at its next run time; ``serve`` says it in its own words."""
+    return "maximum number of running instances" not in str(record.msg)
 
 
 def _describe(sync: Sync) -> str:

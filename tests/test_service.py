@@ -72,6 +72,27 @@ def slow_module(tmp_path: Path, seconds: float) -> str:
     return f"{module}:wait"
 
 
+def test_a_pass_longer_than_its_schedule_is_said_plainly(new_store: Callable[[str], Store],
+                                                       write_pipeline: Callable[..., Path], tmp_path: Path) -> None:
+    store = new_store("local")
+    store.put_many({f"{i}.txt": b"x" for i in range(4)})
+    path = write_pipeline(connector_for(store), steps=[{"python": {"callable": slow_module(tmp_path, 1.0)}}],
+                          syncs=[{"name": "docs", "connector": "docs", "schedule": {"every": "1s"},
+                                  "concurrency": 1}])
+    service = subprocess.Popen([FLEXINGEST, "run", str(path)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (path.parent / ".flexingest" / "pipeline.db").exists(), 30, "the first pass")
+        time.sleep(3.5)  # the first pass takes 4 s; two or three run times fall inside it
+        service.send_signal(signal.SIGTERM)
+        _, stderr = service.communicate(timeout=30)
+    finally:
+        if service.poll() is None:
+            service.kill()
+    assert service.returncode == 0, stderr
+    assert "docs: the previous pass is still running; this scheduled pass is skipped" in stderr
+    assert "maximum number of running instances" not in stderr
+
+
 @pytest.mark.parametrize("once", [False, True], ids=["service", "once"])
 def test_sigterm_finishes_in_flight_objects_and_loses_nothing(once: bool, new_store: Callable[[str], Store],
                                                               write_pipeline: Callable[..., Path],
