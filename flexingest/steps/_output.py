@@ -111,7 +111,11 @@ class Destination:
             with os.fdopen(fd, "wb", closefd=not unnamed) as out:
                 write(out)
                 out.flush()
-                if unnamed:
+            if unnamed:
+                try:  # a new output: give the complete file its name in one step
+                    _link_unnamed(fd, path)
+                    return
+                except FileExistsError:  # an older copy: replace it atomically through a named temporary
                     tmp = os.path.join(folder, f".{name[:100]}.{os.getpid()}.{threading.get_ident()}.part")
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
