@@ -473,7 +473,7 @@ def _reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue
 
     connectors: list[Any] = data["connectors"] if isinstance(data.get("connectors"), list) else []
     names: dict[str, int] = {}
-    types = {c.get("name"): c.get("type") for c in connectors if isinstance(c, dict)}
+    types = {c["name"]: c.get("type") for c in connectors if isinstance(c, dict) and isinstance(c.get("name"), str)}
     ids: dict[int, int] = {}
     for i, c in enumerate(connectors):
         if not isinstance(c, dict):

@@ -119,6 +119,10 @@ HOSTILE: dict[str, tuple[Callable[[Path], bytes], str]] = {
         "1:10: version: input should be 1, got None"),
     "null-document": (lambda t: b"~\n", "1:1: the top level must be a mapping"),
     "empty-file": (lambda t: b"", "the file is empty; a pipeline needs at least 'version: 1' and 'connectors'"),
+    "connector-name-a-mapping-and-a-step-naming-it": (
+        lambda t: b"version: 1\nconnectors: [{name: {x: docs}, type: s3, config: {bucket: b}}]\n"
+                  b"steps: [{copy: {url: 's3://b/x', connector: docs}}]\n",
+        "2:15: connectors[0].name: input should be a valid string"),
     "lone-surrogate-escape": (lambda t: HEAD.replace("path: docs", 'path: "d\\ud800x"').encode(),
                               "connectors[0].config.path: a lone UTF-16 surrogate \\ud800 (character 2) is not a "
                               "character"),

@@ -28,6 +28,19 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def run_service(path: Path, meanwhile: Callable[[], None]) -> tuple[int, str]:
+    """``flexingest run PATH`` as a service: ``meanwhile()``, then SIGTERM; its exit code and stderr."""
+    service = subprocess.Popen([FLEXINGEST, "run", str(path)], stderr=subprocess.PIPE, text=True)
+    try:
+        meanwhile()
+        service.send_signal(signal.SIGTERM)
+        _, stderr = service.communicate(timeout=30)
+    finally:
+        if service.poll() is None:
+            service.kill()
+    return service.returncode, stderr
+
+
 def files(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
 
@@ -47,19 +60,16 @@ def test_run_picks_up_objects_added_while_it_runs(kind: str, new_store: Callable
     out = tmp_path / "out"
     path = write_pipeline(connector_for(store), steps=[{"copy": {"url": str(out)}}],
                           syncs=[{"name": "docs", "connector": "docs", "schedule": {"every": "1s"}}])
-    service = subprocess.Popen([FLEXINGEST, "run", str(path)], stderr=subprocess.PIPE, text=True)
-    try:
+
+    def meanwhile() -> None:
         wait_for(lambda: files(out) == {"first.txt"}, 30, "the first pass at start")
         store.put("later/second.txt", b"2")
         store.put("third.txt", b"3")
         wait_for(lambda: files(out) == {"first.txt", "later/second.txt", "third.txt"}, 30,
                  "objects added while running")
-        service.send_signal(signal.SIGTERM)
-        _, stderr = service.communicate(timeout=30)
-    finally:
-        if service.poll() is None:
-            service.kill()
-    assert service.returncode == 0, stderr
+
+    code, stderr = run_service(path, meanwhile)
+    assert code == 0, stderr
     assert "running 1 sync(s): docs (every 1s)" in stderr
     assert "SIGTERM: finishing objects in flight" in stderr
     assert "docs: listed 3, new 2" in stderr
@@ -79,16 +89,13 @@ def test_a_pass_longer_than_its_schedule_is_said_plainly(new_store: Callable[[st
     path = write_pipeline(connector_for(store), steps=[{"python": {"callable": slow_module(tmp_path, 1.0)}}],
                           syncs=[{"name": "docs", "connector": "docs", "schedule": {"every": "1s"},
                                   "concurrency": 1}])
-    service = subprocess.Popen([FLEXINGEST, "run", str(path)], stderr=subprocess.PIPE, text=True)
-    try:
+
+    def meanwhile() -> None:
         wait_for(lambda: (path.parent / ".flexingest" / "pipeline.db").exists(), 30, "the first pass")
         time.sleep(3.5)  # the first pass takes 4 s; two or three run times fall inside it
-        service.send_signal(signal.SIGTERM)
-        _, stderr = service.communicate(timeout=30)
-    finally:
-        if service.poll() is None:
-            service.kill()
-    assert service.returncode == 0, stderr
+
+    code, stderr = run_service(path, meanwhile)
+    assert code == 0, stderr
     assert "docs: the previous pass is still running; this scheduled pass is skipped" in stderr
     assert "maximum number of running instances" not in stderr
 
