@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import pathlib  # noqa: E402
+import uuid  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 
 import pytest  # noqa: E402
@@ -29,6 +30,35 @@ def s3_server() -> Iterator[Server]:
     server = start_moto()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_with_auth() -> Iterator[tuple[Server, str, str]]:
+    """moto checking signatures, with a bucket "guarded" and one IAM user's (key id, secret)."""
+    import json
+
+    import botocore.session
+
+    server = start_moto(env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"})
+    session = botocore.session.get_session()
+    kw = {"endpoint_url": server.url, "region_name": "us-east-1",
+          "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    session.create_client("s3", **kw).create_bucket(Bucket="guarded")
+    iam = session.create_client("iam", **kw)
+    iam.create_user(UserName="reader")
+    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    iam.put_user_policy(UserName="reader", PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    yield server, key["AccessKeyId"], key["SecretAccessKey"]
+    server.stop()
+
+
+def slow_hook(folder: pathlib.Path, seconds: float) -> str:
+    """A ``python`` step (``module:function``, written into ``folder``) that sleeps, then passes the record on."""
+    module = f"slow_{uuid.uuid4().hex[:8]}"
+    (folder / f"{module}.py").write_text(
+        f"import time\ndef wait(record):\n    time.sleep({seconds})\n    return record\n")
+    return f"{module}:wait"
 
 
 @pytest.fixture(scope="session")

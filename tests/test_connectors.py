@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import pytest
 from conftest import Result, connector_for, run_flexingest
-from servers import free_port, start_moto
+from servers import free_port
 from stores import Store
 
 OK = "Connection established successfully."
@@ -71,25 +71,6 @@ def test_wrong_azure_key_is_access_denied_and_not_printed(new_store: Callable[[s
     assert r["success"] is False
     assert "access denied" in r["message"]
     assert wrong not in out.stdout + out.stderr
-
-
-@pytest.fixture(scope="module")
-def moto_with_auth() -> Any:
-    """A moto server that checks credentials, with one bucket and one IAM user's key."""
-    import botocore.session
-
-    server = start_moto(env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"})
-    session = botocore.session.get_session()
-    kw = {"endpoint_url": server.url, "region_name": "us-east-1",
-          "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-    session.create_client("s3", **kw).create_bucket(Bucket="guarded")
-    iam = session.create_client("iam", **kw)
-    iam.create_user(UserName="reader")
-    key = iam.create_access_key(UserName="reader")["AccessKey"]
-    iam.put_user_policy(UserName="reader", PolicyName="all", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
-    yield server, key["AccessKeyId"], key["SecretAccessKey"]
-    server.stop()
 
 
 def test_s3_credentials_checked_by_the_server(moto_with_auth: Any, write_pipeline: Callable[..., Path],

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import yaml
 from conftest import Result, run_flexingest
-from servers import AZURITE_ACCOUNT, Server, free_port, start_moto
+from servers import AZURITE_ACCOUNT, Server, free_port
 
 # ----------------------------------------------------------------------------- the secrets
 
@@ -66,25 +66,6 @@ GCS_KEY_PARTS = {"gcs private key": GCS_KEY_BODY, "gcs private key id": GCS_KEY_
 
 
 # ----------------------------------------------------------------------------- servers
-
-
-@pytest.fixture(scope="module")
-def moto_with_auth() -> Iterator[tuple[Server, str]]:
-    """moto checking signatures: one bucket, and one IAM user's access key id."""
-    import botocore.session
-
-    server = start_moto(env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"})
-    session = botocore.session.get_session()
-    kw = {"endpoint_url": server.url, "region_name": "us-east-1",
-          "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-    session.create_client("s3", **kw).create_bucket(Bucket="guarded")
-    iam = session.create_client("iam", **kw)
-    iam.create_user(UserName="reader")
-    key = iam.create_access_key(UserName="reader")["AccessKey"]
-    iam.put_user_policy(UserName="reader", PolicyName="all", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
-    yield server, key["AccessKeyId"]
-    server.stop()
 
 
 class EchoHandler(http.server.BaseHTTPRequestHandler):
@@ -191,10 +172,10 @@ class Scenario:
 
 
 @pytest.fixture(scope="module")
-def scenario(moto_with_auth: tuple[Server, str], azure_server: Server, gcs_server: Server, echo_server: str,
+def scenario(moto_with_auth: tuple[Server, str, str], azure_server: Server, gcs_server: Server, echo_server: str,
              tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     """The pipeline, run through every command at -vv, text and JSON logs."""
-    moto, moto_key_id = moto_with_auth
+    moto, moto_key_id, _ = moto_with_auth
     folder = tmp_path_factory.mktemp("secrets")
     path, connection_string = secret_pipeline(folder, moto, moto_key_id, azure_server, gcs_server.url, echo_server)
     env = {**ENV, "GCS_KEY": GCS_KEY_BODY}

@@ -17,12 +17,11 @@ import signal
 import sqlite3
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import FLEXINGEST, Result, connector_for, run_flexingest
+from conftest import FLEXINGEST, Result, connector_for, run_flexingest, slow_hook
 from stores import Store
 
 import flexingest.state
@@ -38,13 +37,6 @@ def outputs(folder: Path) -> list[str]:
     """Every file under ``folder`` (relative paths), hidden leftovers included."""
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) \
         if folder.exists() else []
-
-
-def slow_hook(folder: Path, seconds: float) -> str:
-    module = f"slow_{uuid.uuid4().hex[:8]}"
-    (folder / f"{module}.py").write_text(
-        f"import time\ndef wait(record):\n    time.sleep({seconds})\n    return record\n")
-    return f"{module}:wait"
 
 
 def done_in(path: Path) -> int:

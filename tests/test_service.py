@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import FLEXINGEST, Result, connector_for, run_flexingest
+from conftest import FLEXINGEST, Result, connector_for, run_flexingest, slow_hook
 from stores import Store
 
 from flexingest.console import ProgressBar
@@ -75,18 +75,11 @@ def test_run_picks_up_objects_added_while_it_runs(kind: str, new_store: Callable
     assert "docs: listed 3, new 2" in stderr
 
 
-def slow_module(tmp_path: Path, seconds: float) -> str:
-    module = f"slow_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{module}.py").write_text(
-        f"import time\ndef wait(record):\n    time.sleep({seconds})\n    return record\n")
-    return f"{module}:wait"
-
-
 def test_a_pass_longer_than_its_schedule_is_said_plainly(new_store: Callable[[str], Store],
                                                        write_pipeline: Callable[..., Path], tmp_path: Path) -> None:
     store = new_store("local")
     store.put_many({f"{i}.txt": b"x" for i in range(4)})
-    path = write_pipeline(connector_for(store), steps=[{"python": {"callable": slow_module(tmp_path, 1.0)}}],
+    path = write_pipeline(connector_for(store), steps=[{"python": {"callable": slow_hook(tmp_path, 1.0)}}],
                           syncs=[{"name": "docs", "connector": "docs", "schedule": {"every": "1s"},
                                   "concurrency": 1}])
 
@@ -108,7 +101,7 @@ def test_sigterm_finishes_in_flight_objects_and_loses_nothing(once: bool, new_st
     n = 30
     store.put_many({f"{i:02d}.txt": b"x" for i in range(n)})
     out = tmp_path / "out"
-    path = write_pipeline(connector_for(store), steps=[{"python": {"callable": slow_module(tmp_path, 0.6)}},
+    path = write_pipeline(connector_for(store), steps=[{"python": {"callable": slow_hook(tmp_path, 0.6)}},
                                                        {"write_json": {"url": str(out)}}],
                           syncs=[{"name": "docs", "connector": "docs", "concurrency": 3}])
     state_path = path.parent / ".flexingest" / "pipeline.db"
@@ -140,7 +133,7 @@ def test_second_signal_stops_at_once(new_store: Callable[[str], Store], write_pi
                                      tmp_path: Path) -> None:
     store = new_store("local")
     store.put_many({f"{i}.txt": b"x" for i in range(10)})
-    path = write_pipeline(connector_for(store), steps=[{"python": {"callable": slow_module(tmp_path, 30)}}],
+    path = write_pipeline(connector_for(store), steps=[{"python": {"callable": slow_hook(tmp_path, 30)}}],
                           syncs=[{"name": "docs", "connector": "docs", "concurrency": 2}])
     proc = subprocess.Popen([FLEXINGEST, "run", str(path), "--once", "--grace", "60s"], stderr=subprocess.PIPE,
                             text=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import FLEXINGEST, Result, connector_for, run_flexingest
+from conftest import FLEXINGEST, Result, connector_for, run_flexingest, slow_hook
 from stores import Store
 
 from flexingest.state import State
@@ -141,13 +141,6 @@ def test_one_bad_object_fails_alone_then_dies_then_retry(store: Store, write_pip
     assert "retried 1, done 1, failed 0, dead 0" in fourth.stderr
     assert outputs(out) == ["a.txt", "b.txt", "c.txt"]
     assert rows(state_path)["b.txt"]["status"] == "done"
-
-
-def slow_hook(tmp_path: Path, seconds: float) -> str:
-    module = f"slow_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{module}.py").write_text(
-        f"import time\ndef wait(record):\n    time.sleep({seconds})\n    return record\n")
-    return f"{module}:wait"
 
 
 def count_done(state_path: Path) -> int:
