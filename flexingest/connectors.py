@@ -887,6 +887,7 @@ class LocalStorage(Storage):
     kind = "local"
 
     _root: str | None = None
+    _real_root: str | None = None
     #: keys shown for files whose names are not UTF-8 (bytes as \\xNN): listed, and failed
     _undecodable: set[str] | None = None
 
@@ -962,8 +963,9 @@ class LocalStorage(Storage):
     def info(self, key: str) -> ObjectInfo:
         path = self.path(key)
         if "/" in key:  # the listing never enters a linked folder; neither does a given key
-            root = os.path.realpath(self.root)
-            if not os.path.realpath(os.path.dirname(path)).startswith(root + os.sep):
+            if self._real_root is None:
+                self._real_root = os.path.realpath(self.root)
+            if not os.path.realpath(os.path.dirname(path)).startswith(self._real_root + os.sep):
                 raise UnsafeKey(key, "passes through a symbolic link to a folder")
         with self.errors(key):
             st = os.stat(path)

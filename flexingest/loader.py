@@ -473,7 +473,7 @@ def _reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue
 
     connectors: list[Any] = data["connectors"] if isinstance(data.get("connectors"), list) else []
     names: dict[str, int] = {}
-    types = {c["name"]: c.get("type") for c in connectors if isinstance(c, dict) and isinstance(c.get("name"), str)}
+    types: dict[str, Any] = {}
     ids: dict[int, int] = {}
     for i, c in enumerate(connectors):
         if not isinstance(c, dict):
@@ -483,6 +483,7 @@ def _reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue
             if name in names:
                 add(("connectors", i, "name"), f"duplicate connector name {name!r} (also connectors[{names[name]}])")
             names.setdefault(name, i)
+            types.setdefault(name, c.get("type"))
         if isinstance(cid, int) and not isinstance(cid, bool):
             if cid in ids:
                 add(("connectors", i, "id"), f"duplicate connector id {cid} (also connectors[{ids[cid]}])")

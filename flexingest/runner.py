@@ -79,6 +79,7 @@ def serve(pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
 
     Returns False if the service stopped because the state file failed.
     """
+    from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
     from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -105,8 +106,6 @@ def serve(pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         timezone=timezone.utc,
     )
-    from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
-
     def still_running(event: JobSubmissionEvent) -> None:
         log.info("%s: the previous pass is still running; this scheduled pass is skipped "
                  "(a pass takes longer than the schedule)", event.job_id)
