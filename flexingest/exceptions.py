@@ -11,7 +11,9 @@
     │   ├── EndpointUnreachable          (transient)
     │   └── TransientStorageError        (transient: timeouts, resets, 429, 5xx)
     ├── StepError              a step failed for one object
-    │   └── UnsafeKey          the key would escape a local destination
+    │   ├── UnsafeKey          the key would escape a local destination
+    │   └── UnprocessableObject  the object itself cannot be processed (unsupported, encrypted,
+    │                            corrupt): trying again cannot help, it goes dead at once
     └── ObjectSkipped          a step chose to skip the object (it is recorded done)
 
 ``transient`` says whether trying again later may succeed; the sync pass retries
@@ -100,9 +102,21 @@ class TransientStorageError(StorageError):
 class StepError(FlexingestError):
     """A step failed for one object."""
 
+    permanent = False  # True: no retry can cure it (see UnprocessableObject)
+
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class UnprocessableObject(StepError):
+    """The object itself cannot be processed, and trying again cannot change that.
+
+    An unsupported type, an encrypted or corrupt document: the object goes ``dead`` at once
+    (until its version changes, or ``flexingest retry``) instead of failing pass after pass.
+    """
+
+    permanent = True
 
 
 class UnsafeKey(StepError):
