@@ -420,49 +420,21 @@ class Pipeline(Strict):
         return list(sync.steps) if sync is not None and sync.steps is not None else list(self.steps)
 
     def secrets(self) -> set[str]:
-        """Every secret value of the file, so that logs can mask them wherever they appear."""
+        """Every secret value of the file, so that logs and errors can mask them wherever they appear."""
         found: set[str] = set()
         for c in self.connectors:
             for name in SECRET_FIELDS:
                 value = getattr(c.config, name, None)
-                if isinstance(value, SecretStr) and len(value.get_secret_value()) >= 4:
+                if isinstance(value, SecretStr):
                     found.add(value.get_secret_value())
-                    found.update(_inner_secrets(value.get_secret_value()))
         calls: list[StepCall] = list(self.steps)
         for sync in self.syncs:
             calls.extend(sync.steps or [])
         for step in calls:
             for value in getattr(step.options, "headers", {}).values():
                 if isinstance(value, SecretStr):
-                    text = value.get_secret_value()  # "Bearer <token>": the token alone is secret too
-                    found.update(v for v in (text, *text.split(None, 1)[1:]) if len(v) >= 4)
+                    found.add(value.get_secret_value())
         return found
-
-
-def _inner_secrets(value: str) -> set[str]:
-    """The parts of a secret that may be quoted alone: a key file's private key, a
-    connection string's AccountKey or SharedAccessSignature."""
-    import json
-
-    found: set[str] = set()
-    text = value.strip()
-    if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except ValueError:
-            return found
-        if isinstance(data, dict):
-            for field in ("private_key", "private_key_id", "client_secret", "refresh_token"):
-                item = data.get(field)
-                if isinstance(item, str) and len(item) >= 4:
-                    found.add(item)
-                    found.update(line for line in item.splitlines() if len(line) >= 16)
-    elif "=" in text and ";" in text:
-        for part in text.split(";"):
-            name, _, item = part.partition("=")
-            if name.strip() in ("AccountKey", "SharedAccessSignature") and len(item) >= 4:
-                found.add(item)
-    return found
 
 
 def json_schema() -> dict[str, Any]:

@@ -303,18 +303,18 @@ def test_state_reopens_and_lists_its_migrations(setup: Setup, cli: Callable[...,
 def test_schema_is_migrated_forward_then_refused_by_the_older_code(setup: Setup, cli: Callable[..., Result],
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A newer flexingest adds a migration: it applies it to the existing file and keeps every row."""
-    future = ("0002_objects_note", "ALTER TABLE objects ADD COLUMN note TEXT")
+    future = ("0099_objects_note", "ALTER TABLE objects ADD COLUMN note TEXT")
     with monkeypatch.context() as m:
         m.setattr(flexingest.state, "MIGRATIONS", [*MIGRATIONS, future])
         setup.store.put("second/new.txt", b"new")
         newer = cli("run", setup.path, "--once")
         assert newer.code == 0, newer.stderr
         assert f"listed {N_FIRST + 1}, new 1, changed 0" in newer.stderr, "the rows survived the migration"
-        assert migrations(setup.state) == [name for name, _ in MIGRATIONS] + ["0002_objects_note"]
+        assert migrations(setup.state) == [name for name, _ in MIGRATIONS] + ["0099_objects_note"]
         assert "note" in setup.rows()["first/0.txt"]
     before = setup.state.read_bytes()
     older = cli("run", setup.path, "--once")  # the current code, after that upgrade: a downgrade
-    assert_refused(older, setup.state, "written by a newer flexingest (schema 0002_objects_note); upgrade flexingest",
+    assert_refused(older, setup.state, "written by a newer flexingest (schema 0099_objects_note); upgrade flexingest",
                    "run after a downgrade")
     assert setup.state.read_bytes() == before
 

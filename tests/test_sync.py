@@ -297,10 +297,10 @@ def test_hostile_keys_never_escape_a_local_destination(kind: str, new_store: Cal
     after = sorted(p.as_posix() for p in tmp_path.rglob("*"))
     new = set(after) - set(before)
     assert all(p.startswith(str(out)) or str(out).startswith(p) or "/.flexingest" in p for p in new), new
-    failed = {k: r for k, r in rows(path.parent / ".flexingest" / "p.db").items() if r["status"] == "failed"}
+    dead = {k: r for k, r in rows(path.parent / ".flexingest" / "p.db").items() if r["status"] == "dead"}
     listed = {k for k in store.keys() if k != "fine/ok.txt"}
-    assert set(failed) == listed
-    assert all("unsafe key" in r["error"] for r in failed.values())
+    assert set(dead) == listed, "an unsafe key is dead at once: no retry can make it safe"
+    assert all("unsafe key" in r["error"] for r in dead.values())
 
 
 @pytest.mark.parametrize("kind, scheme", [("s3", "s3"), ("gcs", "gs"), ("azure_blob", "abfs"), ("local", "file")])

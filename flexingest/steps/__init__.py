@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ..exceptions import FlexingestError
+from ..exceptions import FlexingestError, StepError
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-    from ..connectors import Source
+    from ..objects import Source
 
 ENTRY_POINT_GROUP = "flexingest.steps"
 
@@ -91,6 +91,16 @@ class Step:
         """Release what the step holds. Called once, after its last ``process``."""
 
 
+def run_steps(steps: list[Step], record: Record, source: Source) -> list[Record]:
+    """Run one object through ``steps`` in order; returns the final record(s)."""
+    for step in steps:
+        result = step.process(record, source)
+        if not isinstance(result, dict):
+            raise StepError(f"step {type(step).__name__} returned {type(result).__name__}, not a record")
+        record = result
+    return [record]
+
+
 @dataclass(frozen=True)
 class StepCall:
     """One entry of a ``steps:`` list: a step name and its validated options."""
@@ -138,6 +148,6 @@ def step_class(name: str) -> type[Step]:
 
 
 def _default_destination(url: str) -> tuple[AbstractFileSystem, str]:
-    from fsspec.core import url_to_fs
+    from ..destinations import open_url
 
-    return url_to_fs(url)  # type: ignore[no-any-return]
+    return open_url(url)
