@@ -7,12 +7,13 @@ Loading a file runs nothing: no connector is contacted, no step is built.
 
 from __future__ import annotations
 
+import functools
 import re
 import zoneinfo
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Iterable, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -28,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from .steps import StepCall, StepOptions, known_steps, step_class
+from .steps import BUILTIN_STEPS, StepCall, StepOptions, known_steps, step_class
 from .units import Duration, Size
 
 # --------------------------------------------------------------------------- values
@@ -210,10 +211,10 @@ def _step_tag(value: Any) -> str | None:
     return getattr(value, "step_name", None)
 
 
-def _step_union() -> Any:
-    """``- name: {options}`` for every known step, as one tagged union."""
+def _step_union(names: Iterable[str]) -> Any:
+    """``- name: {options}`` for each of ``names``, as one tagged union."""
     members = []
-    for name in known_steps():
+    for name in sorted(names):
         options_model: type[StepOptions] = step_class(name).Options
 
         def shorthand(value: Any, _name: str = name) -> Any:
@@ -249,7 +250,9 @@ class _ToStepCall:
                 lambda call: {call.name: call.options.model_dump(mode="json")}))
 
 
-StepList = list[_step_union()]  # type: ignore[misc,valid-type]
+#: the built-in steps; a pipeline naming a registered plugin step is validated by
+#: :func:`model_for`, which imports that plugin (and only that one)
+StepList = list[_step_union(BUILTIN_STEPS)]  # type: ignore[misc,valid-type]
 
 # --------------------------------------------------------------------------- syncs
 
@@ -437,8 +440,30 @@ class Pipeline(Strict):
         return found
 
 
+@functools.cache
+def model_for(plugins: frozenset[str]) -> type[Pipeline]:
+    """The pipeline model that also knows the plugin steps ``plugins`` (each imported here).
+
+    Plugins are loaded only when a pipeline names them: a broken one breaks only the
+    pipelines that use it.
+    """
+    if not plugins:
+        return Pipeline
+    steps: Any = list[_step_union({*BUILTIN_STEPS, *plugins})]  # type: ignore[misc]
+    optional: Any = steps | None
+    sync: Any = create_model("Sync", __base__=Sync,
+                             steps=(optional, Field(None, description="overrides the top-level steps")))
+    syncs: Any = list[sync]
+    model: type[Pipeline] = create_model(
+        "Pipeline", __base__=Pipeline,
+        steps=(steps, Field(default_factory=list, description="default steps for syncs and `process`")),
+        syncs=(syncs, Field(default_factory=list)))
+    return model
+
+
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of a pipeline file, for editors."""
-    schema = Pipeline.model_json_schema(by_alias=True)
+    """The JSON Schema of a pipeline file, for editors: with every registered step."""
+    plugins = frozenset(known_steps()) - set(BUILTIN_STEPS)
+    schema = model_for(plugins).model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema

@@ -83,6 +83,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+def error_json(message: str, **fields: Any) -> str:
+    """An error of the command line as one JSON log line, shaped like :class:`JsonFormatter`'s."""
+    out: dict[str, Any] = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": "error", "logger": "flexingest", "message": message, **fields}
+    return json.dumps(out, ensure_ascii=False, default=str)
+
+
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes log lines, first clearing the progress bar's line if one is drawn."""
 

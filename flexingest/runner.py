@@ -15,6 +15,7 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
+from .connectors import Storage, open_connector
 from .exceptions import StateError
 from .state import State
 from .sync import PassResult, ProgressCallback, StopToken, run_pass
@@ -72,6 +73,24 @@ class _Running:
             return self.cond.wait_for(lambda: self.count == 0, timeout)
 
 
+class Storages:
+    """One opened connector per connector for the service's life: filesystems, their sessions and
+    credentials are made once, not once per pass (fsspec caches instances by their arguments,
+    and credentials rebuilt each pass would grow that cache without end)."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self._opened: dict[str, Storage] = {}
+        self._lock = threading.Lock()
+
+    def get(self, ref: str | int) -> Storage:
+        connector = self.pipeline.connector(ref)
+        with self._lock:
+            if connector.name not in self._opened:
+                self._opened[connector.name] = open_connector(connector, self.pipeline.base_dir)
+            return self._opened[connector.name]
+
+
 def serve(pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
           on_result: Callable[[PassResult], None],
           progress: Callable[[str], ProgressCallback | None] = lambda name: None) -> bool:
@@ -85,14 +104,18 @@ def serve(pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
 
     running = _Running()
     failures: list[str] = []
+    storages = Storages(pipeline)
+    overrun_said: set[str] = set()  # syncs whose running pass already had its "still running" line
 
     def job(sync: Sync) -> None:
         if stop.is_set():
             return
+        overrun_said.discard(sync.name)
         with running:
             try:
                 with State(pipeline.state_path, check=False) as state:  # checked once, at start
-                    result = run_pass(pipeline, sync, state, stop=stop, on_progress=progress(sync.name))
+                    result = run_pass(pipeline, sync, state, stop=stop, on_progress=progress(sync.name),
+                                      storage=storages.get(sync.connector))
                 on_result(result)
             except StateError as exc:  # the state file cannot take more: stop the service, loudly
                 log.error("%s; stopping the service", exc)
@@ -107,7 +130,10 @@ def serve(pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
         timezone=timezone.utc,
     )
     def still_running(event: JobSubmissionEvent) -> None:
-        log.info("%s: the previous pass is still running; this scheduled pass is skipped "
+        if event.job_id in overrun_said:
+            return  # one line per overrunning pass, not one per run time it covers
+        overrun_said.add(event.job_id)
+        log.info("%s: the previous pass is still running; scheduled passes are skipped until it ends "
                  "(a pass takes longer than the schedule)", event.job_id)
 
     scheduler.add_listener(still_running, EVENT_JOB_MAX_INSTANCES)

@@ -107,6 +107,18 @@ TO_PROCESS = ("new", "changed", "retry")
 STATUS_COUNTS = ("done", "skipped", "failed", "dead", "pending", "gone")
 
 
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that never writes anything, beside the file included.
+
+    While a writer runs, its ``-wal`` and ``-shm`` files exist and are shared (``mode=ro``).
+    With no ``-wal`` the whole state is in the file: it is read as it is (``immutable``),
+    which creates no ``-wal``/``-shm`` of its own, in a read-only folder as anywhere else.
+    """
+    uri = path.resolve().as_uri()
+    mode = "mode=ro" if Path(f"{path}-wal").exists() else "immutable=1"
+    return sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=30, isolation_level=None)
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -214,17 +226,7 @@ class State:
             raise
 
     def _connect_readonly(self) -> sqlite3.Connection:
-        """A connection that cannot write. A WAL file's readers need its -shm beside it; in a
-        folder this user cannot write, with no -shm there, the file is read as it is on disk
-        (``immutable``): what a running service has not checkpointed yet may be missing."""
-        uri = self.path.resolve().as_uri()
-        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
-        try:
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            return db
-        except sqlite3.OperationalError:
-            db.close()
-        return sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=30, isolation_level=None)
+        return connect_readonly(self.path)
 
     def _check_schema(self) -> None:
         """A file opened read-only is not migrated: refuse one written by a newer flexingest."""
@@ -275,7 +277,7 @@ class State:
     def _start_quick_check(self) -> None:
         def check() -> None:
             try:
-                con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+                con = connect_readonly(self.path)
                 try:
                     rows = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
                 finally:
@@ -624,6 +626,20 @@ class StateLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+
+    def is_held(self) -> bool:
+        """Whether a live process holds the lock now (a probe that never creates or writes)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing releases the probe's own shared lock
+        return False
 
     def release(self) -> None:
         if self._fd is not None:

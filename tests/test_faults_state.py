@@ -344,7 +344,11 @@ def test_unwritable_state_is_a_clear_error(what: str, setup: Setup) -> None:
     before = setup.state.read_bytes()
     target.chmod(0o555 if what == "folder" else 0o444)
     try:
-        for args in (["run", setup.path, "--once"], ["status", setup.path], ["retry", setup.path]):
+        status = flexingest_unprivileged("status", setup.path, "--json")
+        assert status.code == 0, f"status only reads: it works on a file it cannot write\n{status.stderr}"
+        assert json.loads(status.stdout)["syncs"]["docs"]["done"] == N_FIRST
+        assert sorted(p.name for p in setup.state.parent.iterdir()) == ["pipeline.db", "pipeline.db.lock"]
+        for args in (["run", setup.path, "--once"], ["retry", setup.path]):
             result = flexingest_unprivileged(*args)
             assert result.code == 1, f"{args[0]}: exit {result.code}\n{result.stderr}"
             assert "Traceback" not in result.stderr, result.stderr

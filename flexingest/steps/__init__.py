@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ..exceptions import FlexingestError, StepError
+from ..exceptions import FlexingestError, PluginError, StepError
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -117,32 +117,45 @@ _classes: dict[str, type[Step]] = {}
 
 
 @functools.cache
-def _entry_points() -> dict[str, str]:
-    # scanning every installed distribution's metadata costs milliseconds: once a process
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+def _entry_points() -> dict[str, tuple[str, str]]:
+    """name -> (``module:Class``, the package that registers it). Read once a process: scanning
+    every installed distribution's metadata costs milliseconds."""
+    found = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        package = f"{dist.name} {dist.version}" if dist is not None else "an unknown package"
+        found[ep.name] = (ep.value, package)
+    return found
 
 
 def known_steps() -> dict[str, str]:
     """Every step name (built-in and registered) -> its ``module:Class`` path, sorted."""
-    found = {**_entry_points(), **BUILTIN_STEPS}  # a plugin may not shadow a built-in
+    found = {name: target for name, (target, _) in _entry_points().items()}
+    found.update(BUILTIN_STEPS)  # a plugin may not shadow a built-in
     return dict(sorted(found.items()))
 
 
 def step_class(name: str) -> type[Step]:
-    """Import the step registered as ``name`` and check it is a :class:`Step`."""
+    """Import the step registered as ``name`` and check it is a :class:`Step`.
+
+    A plugin that fails to import is a :class:`PluginError` naming its package.
+    """
     with _lock:
         if name in _classes:
             return _classes[name]
         target = known_steps().get(name)
         if target is None:
             raise FlexingestError(f"unknown step {name!r} (known: {', '.join(known_steps())})")
+        package = "flexingest" if name in BUILTIN_STEPS else _entry_points()[name][1]
         module_name, _, attr = target.partition(":")
         try:
             obj = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise FlexingestError(f"step {name!r} could not be loaded from {target!r}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a plugin may fail at import in any way
+            raise PluginError(f"step {name!r} of package {package} could not be loaded from {target!r}: "
+                              f"{type(exc).__name__}: {exc}") from exc
         if not (isinstance(obj, type) and issubclass(obj, Step)):
-            raise FlexingestError(f"step {name!r} ({target}) is not a subclass of flexingest.steps.Step")
+            raise PluginError(f"step {name!r} of package {package} ({target}) is not a subclass of "
+                              "flexingest.steps.Step")
         _classes[name] = obj
         return obj
 
