@@ -326,7 +326,7 @@ class Processing:
     def _dispatch(self, executor: ThreadPoolExecutor, batches: Iterable[list[sqlite3.Row]]) -> bool:
         for batch in batches:
             for row in batch:
-                while len(self.in_flight) >= self.window:
+                while len(self.in_flight) >= self.window and not self.halted():
                     self._collect(COMMIT_EVERY)
                 if self.halted():
                     return False
@@ -350,7 +350,7 @@ class Processing:
             pass
         for future in done:
             info = self.in_flight.pop(future)
-            outcome = future.result()
+            outcome = None if future.cancelled() else future.result()
             if outcome is None:
                 continue  # not started: the pass is stopping
             self.committer.add(outcome)
@@ -367,6 +367,9 @@ class Processing:
 
     def _drain(self) -> bool:
         """Wait for the objects in flight: after a stop, no longer than the grace time."""
+        if self.halted():
+            for future in list(self.in_flight):
+                future.cancel()  # those still waiting for a worker never start
         while self.in_flight:
             remaining = self.stop.remaining() if self.stop is not None and self.stop.is_set() else None
             if remaining is not None and remaining <= 0:
