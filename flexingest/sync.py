@@ -296,6 +296,7 @@ class Processing:
         self.record_as, self.concurrency, self.total = record_as, concurrency, total
         self.stop, self.on_progress, self.redact = stop, on_progress, redact
         self.breaker = Breaker()
+        self._halt = threading.Event()  # set by a worker whose object says no other can succeed
         self.window = concurrency * 2  # submitted ahead, so that a worker never waits for the next object
         self.in_flight: dict[Future[Outcome | None], ObjectInfo] = {}
         self.finished: queue.SimpleQueue[Future[Outcome | None]] = queue.SimpleQueue()  # O(1) per object
@@ -303,7 +304,13 @@ class Processing:
 
     def halted(self) -> bool:
         """No object may start: a stop was requested or the breaker tripped."""
-        return self.breaker.tripped or (self.stop is not None and self.stop.is_set())
+        return self._halt.is_set() or self.breaker.tripped or (self.stop is not None and self.stop.is_set())
+
+    def _work(self, info: ObjectInfo) -> Outcome | None:
+        outcome = process_object(self.storage, self.steps, info, self.record_as, self.halted, self.redact)
+        if outcome is not None and outcome.halt:
+            self._halt.set()  # at once, before the next object queued here starts
+        return outcome
 
     def run(self, batches: Iterable[list[sqlite3.Row]]) -> bool:
         """Process every planned object; returns False if the pass stopped before the end."""
@@ -331,8 +338,7 @@ class Processing:
                 if self.halted():
                     return False
                 info = ObjectInfo(row["key"], row["version"], row["size"], row["modified"])
-                future = executor.submit(process_object, self.storage, self.steps, info, self.record_as,
-                                         self.halted, self.redact)
+                future = executor.submit(self._work, info)
                 self.in_flight[future] = info
                 future.add_done_callback(self.finished.put)
             self._collect(0)

@@ -224,7 +224,11 @@ def test_overwritten_between_listing_and_reading_records_what_was_read(new_store
     assert (out / "a.txt").read_bytes() == b"new a, after the listing"
     record = json.loads((tmp_path / "rec" / "a.txt.json").read_text())
     rows = state_rows(path.parent / ".flexingest" / "pipeline.db")
-    assert rows["a.txt"]["version"] == record["version"] == store.fs.info(store.path("a.txt"))["ETag"].strip('"')
+    info = store.fs.info(store.path("a.txt"))
+    assert rows["a.txt"]["version"] == record["version"] == info["ETag"].strip('"')
+    new_size = len(b"new a, after the listing")
+    assert record["size"] == rows["a.txt"]["size"] == new_size, "the size of what was read, not of what was listed"
+    assert record["modified"] == info["LastModified"].isoformat().replace("+00:00", "Z")
     again = run_flexingest("run", path, "--once")
     assert "new 0, changed 0" in again.stderr, "what was read was recorded: nothing left to do"
 
