@@ -194,6 +194,8 @@ class State:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StateError(f"cannot create the state folder {self.path.parent}: {exc.strerror}") from None
+            self._create()
+            existed, check = True, False
         try:
             if readonly:
                 self.db = self._connect_readonly()
@@ -224,6 +226,31 @@ class State:
             self._join_check()
             self.db.close()  # a refused file keeps no connection (nor -wal and -shm files) open
             raise
+
+    def _create(self) -> None:
+        """A new state file appears whole: made under a temporary name, then linked into place.
+
+        Another process opening the path meanwhile never sees an empty file (which would be
+        refused as truncated); when two create it at once, one link wins and both use it.
+        """
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.new")
+        try:
+            self.db = sqlite3.connect(tmp, timeout=30, isolation_level=None)
+            try:
+                self._migrate(new=True)
+            finally:
+                self.db.close()
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another process created it first: use theirs
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot create state file {self.path}: {exc}") from None
+        except OSError as exc:
+            raise StateError(f"cannot create state file {self.path}: {exc.strerror}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def _connect_readonly(self) -> sqlite3.Connection:
         return connect_readonly(self.path)

@@ -16,6 +16,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -381,3 +382,30 @@ def test_new_state_in_a_read_only_folder(new_store: Callable[[str], Store], writ
     assert result.stderr.strip() == f"error: cannot create the lock file {locked / 'state.db.lock'}: Permission denied"
     assert list(locked.iterdir()) == []
     assert not (tmp_path / "out").exists()
+
+
+def test_the_service_refuses_a_corrupt_state_before_its_first_pass(setup: Setup) -> None:
+    """The service checks the whole file (quick_check) once at start: a corrupt page anywhere
+    stops it before any pass, instead of passes running on a file it never checked."""
+    corrupt_middle(setup.state)
+    before = setup.state.read_bytes()
+    result = run_flexingest("run", setup.path, timeout=60)
+    assert_refused(result, setup.state, "corrupt", "run (the service)")
+    assert setup.state.read_bytes() == before
+
+
+def test_ten_concurrent_first_opens_of_a_new_state_file_all_succeed(tmp_path: Path) -> None:
+    state = tmp_path / "new" / "state.db"
+    code = ("import sys, time\n"
+            "from flexingest.state import State\n"
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+            "State(sys.argv[1]).close()\n")
+    start = time.time() + 1.5  # all ten open at the same moment
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(state), str(start)], stderr=subprocess.PIPE,
+                              text=True) for _ in range(10)]
+    results = [(p.wait(timeout=60), p.stderr.read() if p.stderr else "") for p in procs]
+    for p in procs:
+        if p.stderr:
+            p.stderr.close()
+    assert all(code == 0 for code, _ in results), [err for code, err in results if code]
+    assert migrations(state) == [name for name, _ in MIGRATIONS]
