@@ -622,18 +622,12 @@ class S3Storage(Storage):
 
     async def _read_versioned(self, key: str) -> tuple[bytes, str | None]:
         fs: Any = self.fs  # one GET, whose answer carries the ETag of what it returns
-
-        async def get() -> tuple[bytes, str | None]:
-            response = await fs._call_s3("get_object", Bucket=self.root, Key=key)
-            try:
-                data = await response["Body"].read()
-            finally:
-                response["Body"].close()
-            return data, str(response.get("ETag", "")).strip('"') or None
-
-        from s3fs.core import _error_wrapper
-
-        return await _error_wrapper(get, retries=fs.retries)  # type: ignore[no-any-return]
+        response = await fs._call_s3("get_object", Bucket=self.root, Key=key)
+        try:
+            data = await response["Body"].read()
+        finally:
+            response["Body"].close()
+        return data, str(response.get("ETag", "")).strip('"') or None
 
     async def _open_stream(self, key: str) -> tuple[Any, Any, str | None]:
         fs: Any = self.fs

@@ -343,6 +343,7 @@ def test_a_2_gb_object_through_copy_and_extract_text_in_bounded_memory(new_store
     shutil.rmtree(out)
 
 
+@pytest.mark.slow
 def test_a_large_object_from_s3_streams_in_bounded_memory(new_store: Callable[[str], Store],
                                                           write_pipeline: Callable[..., Path],
                                                           tmp_path: Path) -> None:
