@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import sys
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
@@ -167,7 +166,7 @@ def _verify_or_exit(state: Any) -> None:
 
 def _lock_or_exit(pipeline: Pipeline) -> Any:
     from .exceptions import StateLocked
-    from .state import StateLock
+    from .lock import StateLock
 
     lock = StateLock(pipeline.state_path)
     try:
@@ -528,65 +527,20 @@ def status(pipeline: str, as_json: bool, limit: int) -> None:
       flexingest status pipeline.yaml
       flexingest status pipeline.yaml --json | jq '.syncs.contracts.failed'
     """
-    from .console import printable, secret_filter
-    from .runner import next_due
-    from .state import STATUS_COUNTS, StateLock
+    from .console import secret_filter
+    from .exceptions import StateError
+    from .report import status_lines, status_report
 
     p = _load(pipeline, need_secrets=False)
-    known = {s.name: s for s in p.syncs}
-    if p.state_path.exists():
-        with _state_or_exit(p, readonly=True) as state:
-            _verify_or_exit(state)
-            rows = state.status()
-            problems = {name: [dict(r) for r in state.problems(name, limit or None)] for name in rows}
-        running = StateLock(p.state_path).is_held()
-        for entry in rows.values():
-            last = entry.get("last_run")
-            if last and last["ended_at"] is None and last["result"] is None and not running:
-                last["result"] = "killed"  # unfinished, and no process holds the lock: it died
-                last["error"] = "the process stopped before it recorded the end of this pass"
-    else:
-        rows, problems = {}, {}
-    out: dict[str, Any] = {}
-    now = datetime.now(timezone.utc)
-    for name in [*known, *(n for n in rows if n not in known)]:
-        entry = {**dict.fromkeys(STATUS_COUNTS, 0), "last_run": None, **rows.get(name, {})}
-        sync = known.get(name)
-        last = entry["last_run"]
-        due = next_due(sync, last["started_at"] if last else None, now) if sync else None
-        entry["next_due"] = due.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z") \
-            if due else None
-        entry["problems"] = problems.get(name, [])
-        if sync is None:
-            entry["note"] = "no longer in the pipeline file"
-        out[name] = entry
+    try:
+        report = status_report(p, problems=limit or None)
+    except StateError as exc:
+        _fail(str(exc), EXIT_FAILED)
     if as_json:
-        click.echo(secret_filter.mask(json.dumps({"pipeline": str(p.path), "state": str(p.state_path),
-                                                  "syncs": out}, indent=2, ensure_ascii=False)))
-        _exit(EXIT_OK)
-    click.echo(f"state: {p.state_path}" + ("" if p.state_path.exists() else " (no pass has run yet)"))
-    width = max([4, *(len(printable(n)) for n in out)])
-    click.echo(f"{'sync':<{width}} {'done':>8} {'skipped':>7} {'failed':>6} {'dead':>6} {'pending':>7} "
-               f"{'gone':>6}  {'last run':<32} next due")
-    for name, e in out.items():
-        last = e["last_run"]
-        last_text = f"{last['started_at'][:19]}Z {last['result'] or 'running'}" if last else "never"
-        click.echo(f"{printable(name):<{width}} {e['done']:>8} {e['skipped']:>7} {e['failed']:>6} {e['dead']:>6} "
-                   f"{e['pending']:>7} {e['gone']:>6}  {last_text:<32} {e['next_due'] or '-'}")
-    for name, e in out.items():
-        last = e["last_run"]
-        if last and last["ended_at"]:
-            click.echo(f"  {printable(name)}: last run listed {last['listed']}, new {last['new']}, changed "
-                       f"{last['changed']}, done {last['done']}, failed {last['failed']}, dead {last['dead']}, "
-                       f"gone {last['gone']}" + (f"; {printable(secret_filter.mask(last['error']))}"
-                                                 if last["error"] else ""))
-        elif last and last["result"] == "killed":
-            click.echo(f"  {printable(name)}: the last run did not finish: {last['error']}")
-        for problem in e["problems"]:
-            click.echo(f"  {printable(name)}: {problem['status']} ({problem['attempts']} attempt(s)) "
-                       f"{printable(problem['key'])}: {printable(secret_filter.mask(problem['error'] or ''))}")
-        if (more := e["failed"] + e["dead"] - len(e["problems"])) > 0:
-            click.echo(f"  {printable(name)}: and {more} more failed or dead (--problems 0 lists them all)")
+        click.echo(secret_filter.mask(json.dumps(report, indent=2, ensure_ascii=False)))
+    else:
+        for line in status_lines(report, secret_filter.mask):
+            click.echo(line)
     _exit(EXIT_OK)
 
 

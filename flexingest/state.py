@@ -11,84 +11,19 @@ with SQL, so neither the listing nor the state is ever held in memory.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .exceptions import StateError, StateLocked
+from .exceptions import StateError
+from .migrations import MIGRATIONS
 
 APPLICATION_ID = 0x466C7849  # "FlxI", in the SQLite header: marks the file as ours
 SQLITE_MAGIC = b"SQLite format 3\x00"
-
-MIGRATIONS: list[tuple[str, str]] = [
-    ("0001_initial", """
-        CREATE TABLE objects (
-            sync TEXT NOT NULL,
-            key TEXT NOT NULL,
-            version TEXT NOT NULL,
-            size INTEGER,
-            modified REAL,
-            status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed', 'dead')),
-            attempts INTEGER NOT NULL DEFAULT 0,
-            error TEXT,
-            processed_at TEXT,
-            gone_at TEXT,
-            updated_at TEXT NOT NULL,
-            PRIMARY KEY (sync, key)
-        ) WITHOUT ROWID;
-        CREATE INDEX objects_by_status ON objects (sync, status) WHERE status != 'done';
-        CREATE TABLE runs (
-            id INTEGER PRIMARY KEY,
-            sync TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            started_at TEXT NOT NULL,
-            ended_at TEXT,
-            listed INTEGER NOT NULL DEFAULT 0,
-            new INTEGER NOT NULL DEFAULT 0,
-            changed INTEGER NOT NULL DEFAULT 0,
-            done INTEGER NOT NULL DEFAULT 0,
-            failed INTEGER NOT NULL DEFAULT 0,
-            dead INTEGER NOT NULL DEFAULT 0,
-            gone INTEGER NOT NULL DEFAULT 0,
-            result TEXT,
-            error TEXT
-        );
-        CREATE INDEX runs_by_sync ON runs (sync, id);
-    """),
-    # "skipped" becomes a status of its own (it was "done" with an error starting "skipped: ")
-    ("0002_skipped_status", """
-        CREATE TABLE objects_new (
-            sync TEXT NOT NULL,
-            key TEXT NOT NULL,
-            version TEXT NOT NULL,
-            size INTEGER,
-            modified REAL,
-            status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'skipped', 'failed', 'dead')),
-            attempts INTEGER NOT NULL DEFAULT 0,
-            error TEXT,
-            processed_at TEXT,
-            gone_at TEXT,
-            updated_at TEXT NOT NULL,
-            PRIMARY KEY (sync, key)
-        ) WITHOUT ROWID;
-        INSERT INTO objects_new
-            SELECT sync, key, version, size, modified,
-                   CASE WHEN status = 'done' AND error LIKE 'skipped: %' THEN 'skipped' ELSE status END,
-                   attempts,
-                   CASE WHEN status = 'done' AND error LIKE 'skipped: %' THEN substr(error, 10) ELSE error END,
-                   processed_at, gone_at, updated_at
-            FROM objects;
-        DROP TABLE objects;
-        ALTER TABLE objects_new RENAME TO objects;
-        CREATE INDEX objects_by_status ON objects (sync, status) WHERE status != 'done';
-    """),
-]
 
 #: What the diff says of a listed key. Processed: new, changed, retry.
 CLASSIFY = """
@@ -622,60 +557,3 @@ class State:
     def objects(self, sync: str) -> list[sqlite3.Row]:
         """Every row of a sync (for tests and small inspections)."""
         return self.db.execute("SELECT * FROM objects WHERE sync = ? ORDER BY key", (sync,)).fetchall()
-
-
-# ---------------------------------------------------------------------- lock
-
-
-class StateLock:
-    """An exclusive lock on a state file, held through ``<state>.lock`` (flock).
-
-    The lock dies with its process, ``kill -9`` included, so a crash never leaves a
-    stale lock behind. The file holds the holder's pid, for the message of the next.
-    """
-
-    def __init__(self, state_path: str | os.PathLike[str]) -> None:
-        self.path = Path(f"{state_path}.lock")
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = None
-            with contextlib.suppress(ValueError, OSError):
-                time.sleep(0.05)  # the holder may be writing its pid right now
-                pid = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
-            os.close(fd)
-            raise StateLocked(str(self.path), pid) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-
-    def is_held(self) -> bool:
-        """Whether a live process holds the lock now (a probe that never creates or writes)."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # closing releases the probe's own shared lock
-        return False
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> StateLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
