@@ -70,7 +70,7 @@ def open_destination(pipeline: Pipeline, url: str, connector: str | None) -> tup
 
         storage = open_connector(pipeline.connector(connector), pipeline.base_dir)
         if "://" in url:  # a URL of the connector's own kind: any bucket its credentials open
-            from .loader import destination_url_problem
+            from .validation import destination_url_problem
 
             problem = destination_url_problem(url, connector, storage.kind)
             if problem:
