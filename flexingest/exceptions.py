@@ -10,6 +10,10 @@
     │   ├── ObjectGone         the object was deleted between listing and reading
     │   ├── EndpointUnreachable          (transient)
     │   └── TransientStorageError        (transient: timeouts, resets, 429, 5xx)
+    ├── EventSourceError       a queue of bucket events could not do what was asked (names the queue)
+    │   ├── QueueNotFound
+    │   ├── QueueAccessDenied
+    │   └── ReceiptExpired     ack/extend of a message no longer held: it will be delivered again
     ├── StepError              a step failed for one object
     │   ├── UnsafeKey          the key would escape a local destination
     │   └── UnprocessableObject  the object itself cannot be processed (unsupported, encrypted,
@@ -97,6 +101,31 @@ class TransientStorageError(StorageError):
     def __init__(self, message: str, *, clients_retried: bool = False) -> None:
         super().__init__(message)
         self.clients_retried = clients_retried
+
+
+class EventSourceError(FlexingestError):
+    """A queue of bucket notifications (SQS, Pub/Sub, Azure queue) could not do what was asked.
+
+    ``transient`` is set per error: an unreachable endpoint, a timeout, throttling or a 5xx
+    may pass; a missing queue or a denied request will not.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class QueueNotFound(EventSourceError):
+    pass
+
+
+class QueueAccessDenied(EventSourceError):
+    pass
+
+
+class ReceiptExpired(EventSourceError):
+    """The message is no longer held by this consumer (its visibility timeout or ack deadline
+    passed, or another consumer received it): it will be delivered again."""
 
 
 class StepError(FlexingestError):
