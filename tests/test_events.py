@@ -218,6 +218,32 @@ def test_extend_keeps_a_message_hidden_and_an_unacknowledged_one_comes_back(
     again[0].ack()
 
 
+def test_release_hands_a_message_back_at_once(s3_server: Server, new_store: Callable[[str], Store],
+                                             open_source: Opener) -> None:
+    store = new_store("s3")
+    url, _ = new_queue(s3_server)
+    aws(s3_server, "sqs").send_message(QueueUrl=url, MessageBody=s3_body_for(store.bucket, "back.txt"))
+    source = open_source(sqs_connector(store), {"type": "sqs", "queue_url": url, "visibility_timeout": "5m"})
+    (message,) = source.receive(wait_seconds=5)
+    message.release()
+    (again,) = source.receive(wait_seconds=2)  # not five minutes later
+    assert again.id == message.id and [e.key for e in again.events] == ["back.txt"]
+    again.ack()
+    with pytest.raises(ReceiptExpired, match="no longer held"):
+        message.release()  # the message is deleted: the first delivery's receipt holds nothing
+    assert source.receive(wait_seconds=1) == []
+
+
+def s3_body_for(bucket: str, key: str) -> str:
+    """An S3 notification as S3 writes it into SQS."""
+    from urllib.parse import quote_plus
+
+    return json.dumps({"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+                                    "eventTime": "2026-01-01T00:00:00.000Z",
+                                    "s3": {"bucket": {"name": bucket}, "object": {"key": quote_plus(key),
+                                                                                 "eTag": "e", "size": 1}}}]})
+
+
 def test_a_bad_body_is_invalid_and_left_to_the_queue(s3_server: Server, new_store: Callable[[str], Store],
                                                      open_source: Opener) -> None:
     store = new_store("s3")

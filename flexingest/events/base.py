@@ -99,6 +99,11 @@ class Message:
                 self._handle = self.source._extend(self, seconds)
             self.expires_at = time.monotonic() + seconds
 
+    def release(self) -> None:
+        """Make the message visible again now (Pub/Sub: a nack), e.g. on a stop, so that another
+        consumer need not wait out the visibility timeout. A no-op once acknowledged."""
+        self.extend(0)
+
 
 class EventSource:
     """A queue of one connector's bucket notifications.
@@ -123,8 +128,15 @@ class EventSource:
         self.batch = config.batch
         self.visibility_timeout = config.visibility_timeout.total_seconds()
         self.closed = False
-        self._secrets = [v.get_secret_value() for model in (conf, config) for v in vars(model).values()
-                         if hasattr(v, "get_secret_value") and len(v.get_secret_value()) >= 4]
+        from ..config import _inner_secrets
+
+        found: set[str] = set()
+        for model in (conf, config):
+            for value in vars(model).values():
+                if hasattr(value, "get_secret_value") and len(value.get_secret_value()) >= 4:
+                    found.add(value.get_secret_value())
+                    found.update(_inner_secrets(value.get_secret_value()))
+        self._secrets = sorted(found, key=len, reverse=True)  # the longest first: a whole string before its parts
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
