@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 AZURITE := tests/emulators/node_modules/.bin/azurite-blob
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test test-fast lint install clean java
+.PHONY: demo test test-fast lint install clean system-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,17 @@ $(AZURITE): tests/emulators/package.json
 	npm install --prefix tests/emulators --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The Pub/Sub emulator (tests/test_events.py) ships with the Google Cloud CLI and runs on Java 17+:
-# a machine without Java gets Debian's. Without the emulator those tests fail, saying what is missing.
-java:
-	@command -v java >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends \
-		openjdk-17-jre-headless >/dev/null; } || echo "warning: no Java: the Pub/Sub event tests will fail"
+# Debian packages the tests drive (command:package); installed only when the command is missing
+# java: the Pub/Sub emulator (shipped with the Google Cloud CLI, used by tests/test_events.py) runs on it
+SYSTEM_TOOLS := systemd-analyze:systemd setpriv:util-linux logger:bsdutils java:openjdk-17-jre-headless
+
+system-tools:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (Debian packages the tests use)"; \
+		apt-get install -y -q $$missing >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; }; \
+	fi
 
 install: $(VENV)/.installed
 
@@ -40,10 +46,10 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check flexingest tests benchmarks
 	$(BIN)/mypy
 
-test: lint $(AZURITE) java
+test: lint $(AZURITE) system-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: lint $(AZURITE) java
+test-fast: lint $(AZURITE) system-tools
 	$(BIN)/pytest $(PYTEST_ARGS) -m 'not slow'
 
 clean:

@@ -54,26 +54,51 @@ def _exit(code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _json_logs() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.meta.get("log_format") == "json"
+
+
+def _say_error(message: str, **fields: Any) -> None:
+    """An error line on stderr: plain text, or one JSON object with --log-format json."""
+    from .console import error_json, secret_filter
+
+    message = secret_filter.mask(message)
+    click.echo(error_json(message, **fields) if _json_logs() else message, err=True)
+
+
 def _fail(message: str, code: int) -> NoReturn:
     from .console import secret_filter
 
-    click.echo(f"error: {secret_filter.mask(message)}", err=True)
+    message = secret_filter.mask(message)
+    if _json_logs():
+        _say_error(message, exit_code=code)
+    else:
+        click.echo(f"error: {message}", err=True)
     _exit(code)
 
 
-def _load(path: str) -> Pipeline:
+def _config_errors(path: str, issues: list[Any]) -> None:
+    for issue in issues:
+        if _json_logs():
+            _say_error(str(issue), file=issue.file, line=issue.line, column=issue.column, field=issue.field,
+                       problem=issue.message)
+        else:
+            click.echo(str(issue), err=True)
+
+
+def _load(path: str, *, need_secrets: bool = True) -> Pipeline:
     from .console import add_secrets
     from .exceptions import ConfigError
     from .loader import load_pipeline
 
     _init_logging()
     try:
-        pipeline: Pipeline = load_pipeline(path)
+        pipeline: Pipeline = load_pipeline(path, need_secrets=need_secrets)
     except ConfigError as exc:
-        for issue in exc.issues:
-            click.echo(str(issue), err=True)
+        _config_errors(path, exc.issues)
         n = len(exc.issues)
-        click.echo(f"{path}: {n} error{'s' if n != 1 else ''}", err=True)
+        _say_error(f"{path}: {n} error{'s' if n != 1 else ''}", exit_code=EXIT_INVALID)
         _exit(EXIT_INVALID)
     add_secrets(pipeline.secrets())
     return pipeline
@@ -100,7 +125,10 @@ def _signals(stop: StopToken) -> Callable[[], None]:
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():
+            from . import children
+
             log.warning("second %s: stopping now", signal.Signals(signum).name)
+            children.end(wait=0.5)  # no program started by a step outlives flexingest
             logging.shutdown()
             os._exit(128 + signum)
         log.warning("%s: finishing objects in flight (up to %gs; send again to stop now)",
@@ -116,12 +144,12 @@ def _signals(stop: StopToken) -> Callable[[], None]:
     return restore
 
 
-def _state_or_exit(pipeline: Pipeline, *, create: bool = True) -> Any:
+def _state_or_exit(pipeline: Pipeline, *, create: bool = True, readonly: bool = False) -> Any:
     from .exceptions import StateError
     from .state import State
 
     try:
-        return State(pipeline.state_path, create=create)
+        return State(pipeline.state_path, create=create, readonly=readonly)
     except StateError as exc:
         _fail(str(exc), EXIT_FAILED)
 
@@ -230,8 +258,7 @@ def validate(pipelines: tuple[str, ...]) -> None:
             p = load_pipeline(path)
         except ConfigError as exc:
             bad += 1
-            for issue in exc.issues:
-                click.echo(str(issue), err=True)
+            _config_errors(path, exc.issues)
             continue
         click.echo(f"{path}: valid ({len(p.connectors)} connector(s), {len(p.syncs)} sync(s))", err=True)
     _exit(EXIT_INVALID if bad else EXIT_OK)
@@ -239,6 +266,7 @@ def validate(pipelines: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.option("--indent", type=int, default=2, show_default=True)
+@_common
 def schema(indent: int) -> None:
     """Print the JSON Schema of pipeline files, for editor completion.
 
@@ -250,6 +278,7 @@ def schema(indent: int) -> None:
     """
     from .config import json_schema
 
+    _init_logging()
     click.echo(json.dumps(json_schema(), indent=indent))
 
 
@@ -412,12 +441,15 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
     stop = StopToken(grace_seconds)
     lock = _lock_or_exit(p)
     restore = _signals(stop)
+    from . import children
+
     try:
         state = _state_or_exit(p)  # refuse a bad state file before anything starts
         if once:
             with state:
                 code = _run_once(p, syncs, stop, state)
         else:
+            _verify_or_exit(state)  # the service checks the file once, before its first pass
             state.close()
             from .runner import serve
 
@@ -425,6 +457,7 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
             code = EXIT_OK if healthy else EXIT_FAILED
     finally:
         restore()
+        children.end()  # programs of steps still running after the grace time: TERM, then KILL
         lock.release()
     if stop.is_set():
         log.info("stopped")
@@ -484,10 +517,11 @@ def _dry_run(p: Pipeline, syncs: list[Sync]) -> NoReturn:
               help="Failed and dead objects listed per sync, most recent first; 0 lists them all.")
 @_common
 def status(pipeline: str, as_json: bool, limit: int) -> None:
-    """Per sync: objects done / failed / dead / gone, the last run, the next due time.
+    """Per sync: objects done / skipped / failed / dead / pending / gone, the last run, the next due time.
 
     Failed and dead objects are listed with their last error. Reads the state only: it
-    works while the service runs.
+    never writes the file (a read-only file or folder is fine), works while the service
+    runs, and needs none of the connectors' secrets.
 
     \b
     Examples:
@@ -496,21 +530,27 @@ def status(pipeline: str, as_json: bool, limit: int) -> None:
     """
     from .console import printable, secret_filter
     from .runner import next_due
+    from .state import STATUS_COUNTS, StateLock
 
-    p = _load(pipeline)
+    p = _load(pipeline, need_secrets=False)
     known = {s.name: s for s in p.syncs}
     if p.state_path.exists():
-        with _state_or_exit(p, create=False) as state:
+        with _state_or_exit(p, readonly=True) as state:
             _verify_or_exit(state)
             rows = state.status()
             problems = {name: [dict(r) for r in state.problems(name, limit or None)] for name in rows}
+        running = StateLock(p.state_path).is_held()
+        for entry in rows.values():
+            last = entry.get("last_run")
+            if last and last["ended_at"] is None and last["result"] is None and not running:
+                last["result"] = "killed"  # unfinished, and no process holds the lock: it died
+                last["error"] = "the process stopped before it recorded the end of this pass"
     else:
         rows, problems = {}, {}
     out: dict[str, Any] = {}
     now = datetime.now(timezone.utc)
     for name in [*known, *(n for n in rows if n not in known)]:
-        entry = {"done": 0, "failed": 0, "dead": 0, "pending": 0, "gone": 0, "last_run": None,
-                 **rows.get(name, {})}
+        entry = {**dict.fromkeys(STATUS_COUNTS, 0), "last_run": None, **rows.get(name, {})}
         sync = known.get(name)
         last = entry["last_run"]
         due = next_due(sync, last["started_at"] if last else None, now) if sync else None
@@ -525,23 +565,28 @@ def status(pipeline: str, as_json: bool, limit: int) -> None:
                                                   "syncs": out}, indent=2, ensure_ascii=False)))
         _exit(EXIT_OK)
     click.echo(f"state: {p.state_path}" + ("" if p.state_path.exists() else " (no pass has run yet)"))
-    header = f"{'sync':<20} {'done':>8} {'failed':>7} {'dead':>6} {'gone':>6}  {'last run':<44} next due"
-    click.echo(header)
+    width = max([4, *(len(printable(n)) for n in out)])
+    click.echo(f"{'sync':<{width}} {'done':>8} {'skipped':>7} {'failed':>6} {'dead':>6} {'pending':>7} "
+               f"{'gone':>6}  {'last run':<32} next due")
     for name, e in out.items():
         last = e["last_run"]
-        if last:
-            last_text = (f"{last['started_at'][:19]}Z {last['result'] or 'running'} "
-                         f"({last['done']} done, {last['failed']} failed)")
-        else:
-            last_text = "never"
-        click.echo(f"{name:<20} {e['done']:>8} {e['failed']:>7} {e['dead']:>6} {e['gone']:>6}  "
-                   f"{last_text:<44} {e['next_due'] or '-'}")
+        last_text = f"{last['started_at'][:19]}Z {last['result'] or 'running'}" if last else "never"
+        click.echo(f"{printable(name):<{width}} {e['done']:>8} {e['skipped']:>7} {e['failed']:>6} {e['dead']:>6} "
+                   f"{e['pending']:>7} {e['gone']:>6}  {last_text:<32} {e['next_due'] or '-'}")
     for name, e in out.items():
+        last = e["last_run"]
+        if last and last["ended_at"]:
+            click.echo(f"  {printable(name)}: last run listed {last['listed']}, new {last['new']}, changed "
+                       f"{last['changed']}, done {last['done']}, failed {last['failed']}, dead {last['dead']}, "
+                       f"gone {last['gone']}" + (f"; {printable(secret_filter.mask(last['error']))}"
+                                                 if last["error"] else ""))
+        elif last and last["result"] == "killed":
+            click.echo(f"  {printable(name)}: the last run did not finish: {last['error']}")
         for problem in e["problems"]:
-            click.echo(f"  {name}: {problem['status']} ({problem['attempts']} attempt(s)) "
+            click.echo(f"  {printable(name)}: {problem['status']} ({problem['attempts']} attempt(s)) "
                        f"{printable(problem['key'])}: {printable(secret_filter.mask(problem['error'] or ''))}")
         if (more := e["failed"] + e["dead"] - len(e["problems"])) > 0:
-            click.echo(f"  {name}: and {more} more failed or dead (--problems 0 lists them all)")
+            click.echo(f"  {printable(name)}: and {more} more failed or dead (--problems 0 lists them all)")
     _exit(EXIT_OK)
 
 
@@ -558,7 +603,7 @@ def retry(pipeline: str, sync_name: str | None) -> None:
     Example:
       flexingest retry pipeline.yaml --sync contracts && flexingest run pipeline.yaml --once
     """
-    p = _load(pipeline)
+    p = _load(pipeline, need_secrets=False)
     if sync_name is not None:
         _syncs(p, sync_name)
     if not p.state_path.exists():

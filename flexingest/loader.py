@@ -45,12 +45,13 @@ def field_path(loc: Loc) -> str:
     return out
 
 
-def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+def interpolate(text: str, env: Mapping[str, str], *, keep_missing: bool = False) -> tuple[str, list[str]]:
     """Expand ``${VAR}``, ``${VAR:-default}``, ``${VAR:?message}`` and ``$${``.
 
     Returns the text and the problems found (missing variables, bad syntax).
     ``:-`` and ``:?`` also apply when the variable is set but empty; ``-`` and ``?``
-    only when it is unset, as in POSIX shells.
+    only when it is unset, as in POSIX shells. ``keep_missing`` leaves a missing
+    variable's reference as it is written instead of reporting it.
     """
     problems: list[str] = []
 
@@ -67,6 +68,8 @@ def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
         empty = value is None or (value == "" and ((dash_op or q_op or "").startswith(":")))
         if dash_op:
             return default if empty else value  # type: ignore[return-value]
+        if empty and keep_missing:
+            return whole
         if empty:
             if q_op:
                 problems.append(f"{message or 'required'} (environment variable {name} is not set)")
@@ -81,9 +84,12 @@ def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
 class _Walker:
     """Turns composed YAML nodes into plain data, remembering where each value was."""
 
-    def __init__(self, file: str, env: Mapping[str, str]) -> None:
+    def __init__(self, file: str, env: Mapping[str, str], *, need_secrets: bool = True,
+                 alias_marks: dict[tuple[int, Any], yaml.Mark] | None = None) -> None:
         self.file = file
+        self.alias_marks = alias_marks or {}
         self.env = env
+        self.need_secrets = need_secrets
         self.issues: list[ConfigIssue] = []
         self.value_marks: dict[Loc, tuple[int, int]] = {}
         self.key_marks: dict[Loc, tuple[int, int]] = {}
@@ -96,10 +102,12 @@ class _Walker:
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
         self.issues.append(ConfigIssue(self.file, line, col, field_path(loc), message))
 
-    def walk(self, node: yaml.Node, loc: Loc, active: frozenset[int] = frozenset()) -> Any:
+    def walk(self, node: yaml.Node, loc: Loc, active: frozenset[int] = frozenset(),
+             alias: yaml.Mark | None = None) -> Any:
+        """``alias``: where the outermost alias being expanded is used (an alias bomb names it)."""
         self.nodes += 1
         if self.nodes > MAX_NODES:
-            raise _TooBig()
+            raise _TooBig(alias or node.start_mark)
         self.value_marks[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if id(node) in active:
             self.issue(node, loc, "recursive alias: a value contains itself")
@@ -131,14 +139,16 @@ class _Walker:
                 elif index < merged:
                     from_merge.add(key)
                 self.key_marks[(*loc, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-                out[key] = self.walk(value_node, (*loc, key), active | {id(node)})
+                out[key] = self.walk(value_node, (*loc, key), active | {id(node)},
+                                     alias or self.alias_marks.get((id(node), id(key_node))))
             return out
         if isinstance(node, yaml.SequenceNode):
             if node.tag != "tag:yaml.org,2002:seq":
                 self.issue(node, loc, f"tag {node.tag!r} is not allowed")
                 self.tainted.add(loc)
                 return None
-            return [self.walk(child, (*loc, i), active | {id(node)}) for i, child in enumerate(node.value)]
+            return [self.walk(child, (*loc, i), active | {id(node)}, alias or self.alias_marks.get((id(node), i)))
+                    for i, child in enumerate(node.value)]
         assert isinstance(node, yaml.ScalarNode)
         if node.tag == _TIMESTAMP:
             value: Any = node.value  # "prefix: 2024-01-01" is text, not a datetime
@@ -150,7 +160,7 @@ class _Walker:
             value = self._constructor.construct_object(node)
         if isinstance(value, str):
             written = value
-            value, problems = interpolate(value, self.env)
+            value, problems = interpolate(value, self.env, keep_missing=not self.need_secrets and _secret_side(loc))
             value, bad = _pair_surrogates(value)
             if bad and _SURROGATE.search(written) is None:
                 bad = "a variable used here has a value that is not UTF-8 text"
@@ -191,8 +201,14 @@ def _pair_surrogates(text: str) -> tuple[str, str | None]:
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le"), None
 
 
+def _secret_side(loc: Loc) -> bool:
+    """Where credentials live: what ``status`` and ``retry`` never use (connectors, steps, events)."""
+    return bool(loc) and (loc[0] == "connectors" or "steps" in loc or "events" in loc)
+
+
 class _TooBig(Exception):
-    pass
+    def __init__(self, mark: yaml.Mark | None = None) -> None:
+        self.mark = mark
 
 
 class _TooDeep(Exception):
@@ -207,6 +223,11 @@ class _Loader(yaml.SafeLoader):
     _depth = 0
     _nodes = 0
 
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        #: where each alias is used: (id of its parent node, key node id or item index) -> mark
+        self.alias_marks: dict[tuple[int, Any], yaml.Mark] = {}
+
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         self._depth += 1
         self._nodes += 1
@@ -215,15 +236,23 @@ class _Loader(yaml.SafeLoader):
                 raise _TooBig()
             if self._depth > MAX_DEPTH:
                 raise _TooDeep(self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            if parent is not None and self.check_event(yaml.AliasEvent):
+                where = index if isinstance(index, int) else id(index)
+                self.alias_marks[(id(parent), where)] = self.peek_event().start_mark  # type: ignore[no-untyped-call]
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
 
-def load_pipeline(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Any:
-    """Validate a pipeline file; raise ConfigError naming every problem in it."""
+def load_pipeline(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
+                  need_secrets: bool = True) -> Any:
+    """Validate a pipeline file; raise ConfigError naming every problem in it.
+
+    ``need_secrets=False`` (``status``, ``retry``: commands that contact no connector)
+    leaves variables of connectors, steps and events unexpanded when they are not set.
+    """
     try:
-        return _load(path, env)
+        return _load(path, env, need_secrets)
     except ConfigError as exc:
         if all(i.field.isprintable() and i.message.isprintable() for i in exc.issues):
             raise
@@ -232,8 +261,8 @@ def load_pipeline(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
                            for i in exc.issues]) from None
 
 
-def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None) -> Any:
-    from .config import Pipeline
+def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, need_secrets: bool) -> Any:
+    from .config import model_for
 
     file = str(path)
     env = os.environ if env is None else env
@@ -261,7 +290,15 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None) -> Any:
                    raw.count(b"\n", 0, exc.start) + 1, column) from None
 
     try:
-        documents = list(yaml.compose_all(text, Loader=_Loader))
+        loader = _Loader(text)
+        try:
+            documents: list[yaml.Node] = []
+            while loader.check_node():
+                node = loader.get_node()
+                if node is not None:
+                    documents.append(node)
+        finally:
+            loader.dispose()
     except yaml.reader.ReaderError as exc:  # a control character such as NUL
         line = text.count("\n", 0, exc.position) + 1
         column = exc.position - text.rfind("\n", 0, exc.position)
@@ -285,22 +322,27 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None) -> Any:
         m = documents[1].start_mark
         raise fail("one pipeline per file: found a second YAML document", m.line + 1, m.column + 1)
 
-    walker = _Walker(file, env)
+    walker = _Walker(file, env, need_secrets=need_secrets, alias_marks=loader.alias_marks)
     try:
         data = walker.walk(documents[0], ())
-    except (_TooBig, RecursionError):
+    except _TooBig as exc:
+        where = (exc.mark.line + 1, exc.mark.column + 1) if exc.mark is not None else (0, 0)
+        raise fail(f"the file expands to more than {MAX_NODES} values (an alias bomb?): this alias crossed the "
+                   "bound; refusing to load it", *where) from None
+    except RecursionError:
         raise fail(f"the file expands to more than {MAX_NODES} values (alias bomb?); refusing to load it") from None
     if not isinstance(data, dict):
         top = ConfigIssue(file, 1, 1, "", "the top level must be a mapping with 'version', 'connectors', ...")
         raise ConfigError([*walker.issues, top])
 
     issues = list(walker.issues)
+    model = model_for(_plugins_named(data, walker, issues))
     try:
-        pipeline = Pipeline.model_validate(data)
+        pipeline = model.model_validate(data)
     except ValidationError as exc:
         pipeline = None
         for error in exc.errors():
-            issue = _issue_from_pydantic(error, data, walker)
+            issue = _issue_from_pydantic(error, data, walker, model)
             if issue is not None:
                 issues.append(issue)
     issues.extend(_reference_issues(data, walker))
@@ -356,7 +398,42 @@ def _value_at(data: Any, loc: Loc) -> Any:
     return data
 
 
-def _issue_from_pydantic(error: Mapping[str, Any], data: Any, walker: _Walker) -> ConfigIssue | None:
+def _step_entries(data: dict[str, Any]) -> typing.Iterator[tuple[Loc, str]]:
+    """Every step of the file, as (its location, its name)."""
+    lists: list[tuple[Loc, Any]] = [(("steps",), data.get("steps"))]
+    syncs = data.get("syncs")
+    if isinstance(syncs, list):
+        lists += [(("syncs", i, "steps"), s.get("steps")) for i, s in enumerate(syncs) if isinstance(s, dict)]
+    for loc, steps in lists:
+        for j, step in enumerate(steps if isinstance(steps, list) else []):
+            name = step if isinstance(step, str) else next(iter(step)) if isinstance(step, dict) and step else None
+            if isinstance(name, str):
+                yield (*loc, j), name
+
+
+def _plugins_named(data: dict[str, Any], walker: _Walker, issues: list[ConfigIssue]) -> frozenset[str]:
+    """The plugin steps this file names, imported now (only those); one that cannot be
+    loaded is an issue at each step naming it."""
+    from .exceptions import PluginError
+    from .steps import BUILTIN_STEPS, step_class
+
+    loaded: set[str] = set()
+    for loc, name in _step_entries(data):
+        if name in BUILTIN_STEPS or name not in _step_names():
+            continue  # an unknown name is reported by the validation, with the known ones
+        try:
+            step_class(name)
+        except PluginError as exc:
+            line, col = walker.key_marks.get((*loc, name), walker.value_marks.get(loc, (0, 0)))
+            issues.append(ConfigIssue(walker.file, line, col, field_path(loc), str(exc)))
+            walker.tainted.add(loc)
+            continue
+        loaded.add(name)
+    return frozenset(loaded)
+
+
+def _issue_from_pydantic(error: Mapping[str, Any], data: Any, walker: _Walker,
+                         root: type[BaseModel]) -> ConfigIssue | None:
     etype = error["type"]
     loc, rest = _resolve(error["loc"], data)
     if loc in walker.tainted:
@@ -369,7 +446,7 @@ def _issue_from_pydantic(error: Mapping[str, Any], data: Any, walker: _Walker) -
     display = loc
     if etype == "extra_forbidden":
         mark = walker.key_marks.get(loc, mark)
-        model = _model_at(error["loc"][:-1])
+        model = _model_at(error["loc"][:-1], root)
         known = sorted(model.model_fields) if model else []
         if model is not None:
             known = [f.alias or n for n, f in model.model_fields.items()]
@@ -425,11 +502,9 @@ def _secret_fields() -> frozenset[str]:
     return SECRET_FIELDS
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
     """The pydantic model that a pydantic loc points into (following union tags)."""
-    from .config import Pipeline
-
-    current: Any = Pipeline
+    current: Any = root
     for part in loc:
         current = _step_into(current, part)
         if current is None:

@@ -15,6 +15,7 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
+from .connectors import Storage, open_connector
 from .exceptions import StateError
 from .state import State
 from .sync import PassResult, ProgressCallback, StopToken, run_pass
@@ -72,66 +73,109 @@ class _Running:
             return self.cond.wait_for(lambda: self.count == 0, timeout)
 
 
+class Storages:
+    """One opened connector per connector for the service's life: filesystems, their sessions and
+    credentials are made once, not once per pass (fsspec caches instances by their arguments,
+    and credentials rebuilt each pass would grow that cache without end)."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self._opened: dict[str, Storage] = {}
+        self._lock = threading.Lock()
+
+    def get(self, ref: str | int) -> Storage:
+        connector = self.pipeline.connector(ref)
+        with self._lock:
+            if connector.name not in self._opened:
+                self._opened[connector.name] = open_connector(connector, self.pipeline.base_dir)
+            return self._opened[connector.name]
+
+
+class Service:
+    """Every sync of a pipeline on its schedule, until ``stop`` is requested.
+
+    One :class:`Storages` for the service's life; :meth:`run_pass` is what each scheduled
+    run does (and what an operator's "run now" will do).
+    """
+
+    def __init__(self, pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
+                 on_result: Callable[[PassResult], None] = lambda result: None,
+                 progress: Callable[[str], ProgressCallback | None] = lambda name: None) -> None:
+        self.pipeline, self.syncs, self.stop = pipeline, syncs, stop
+        self.on_result, self.progress = on_result, progress
+        self.storages = Storages(pipeline)
+        self.failures: list[str] = []
+        self._running = _Running()
+        self._overrun_said: set[str] = set()  # syncs whose running pass already had its "still running" line
+
+    def run_pass(self, sync: Sync) -> PassResult | None:
+        """One pass of ``sync`` with the service's opened connector; None if the service is stopping."""
+        if self.stop.is_set():
+            return None
+        self._overrun_said.discard(sync.name)
+        with self._running:
+            try:
+                with State(self.pipeline.state_path, check=False) as state:  # checked once, at start
+                    result = run_pass(self.pipeline, sync, state, stop=self.stop,
+                                      on_progress=self.progress(sync.name),
+                                      storage=self.storages.get(sync.connector))
+                self.on_result(result)
+                return result
+            except StateError as exc:  # the state file cannot take more: stop the service, loudly
+                log.error("%s; stopping the service", exc)
+                self.failures.append(str(exc))
+                self.stop.request()
+            except Exception:  # noqa: BLE001 - the service outlives one bad pass
+                log.exception("%s: the pass failed unexpectedly; the next one runs on schedule", sync.name)
+        return None
+
+    def _still_running(self, event: Any) -> None:
+        if event.job_id in self._overrun_said:
+            return  # one line per overrunning pass, not one per run time it covers
+        self._overrun_said.add(event.job_id)
+        log.info("%s: the previous pass is still running; scheduled passes are skipped until it ends "
+                 "(a pass takes longer than the schedule)", event.job_id)
+
+    def serve(self) -> bool:
+        """Run until ``stop``; False if the service stopped because the state file failed."""
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=max(1, len(self.syncs)))},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=timezone.utc,
+        )
+        scheduler.add_listener(self._still_running, EVENT_JOB_MAX_INSTANCES)
+        logging.getLogger("apscheduler.scheduler").addFilter(_said_by_us)
+        start = datetime.now(timezone.utc)
+        for sync in self.syncs:
+            scheduler.add_job(self.run_pass, trigger_for(sync.schedule), args=[sync], id=sync.name, name=sync.name,
+                              next_run_time=start)
+        scheduler.start()
+        log.info("running %d sync(s): %s", len(self.syncs), ", ".join(
+            f"{s.name} ({_describe(s)})" for s in self.syncs))
+        try:
+            while not self.stop.wait(1.0):
+                pass
+        finally:
+            scheduler.shutdown(wait=False)
+            grace = self.stop.remaining()
+            started_wait = time.monotonic()
+            # passes stop taking objects at once and give in-flight ones the grace time;
+            # a pass blocked in a slow request gets a few seconds more, then is left behind
+            if not self._running.wait_idle((grace if grace is not None else 0) + 5):
+                log.warning("a pass is still busy %.0fs after the stop; leaving it (nothing it did not commit is "
+                            "lost)", time.monotonic() - started_wait)
+        return not self.failures
+
+
 def serve(pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
           on_result: Callable[[PassResult], None],
           progress: Callable[[str], ProgressCallback | None] = lambda name: None) -> bool:
-    """Run ``syncs`` on their schedules until ``stop`` is requested.
-
-    Returns False if the service stopped because the state file failed.
-    """
-    from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
-    from apscheduler.executors.pool import ThreadPoolExecutor
-    from apscheduler.schedulers.background import BackgroundScheduler
-
-    running = _Running()
-    failures: list[str] = []
-
-    def job(sync: Sync) -> None:
-        if stop.is_set():
-            return
-        with running:
-            try:
-                with State(pipeline.state_path, check=False) as state:  # checked once, at start
-                    result = run_pass(pipeline, sync, state, stop=stop, on_progress=progress(sync.name))
-                on_result(result)
-            except StateError as exc:  # the state file cannot take more: stop the service, loudly
-                log.error("%s; stopping the service", exc)
-                failures.append(str(exc))
-                stop.request()
-            except Exception:  # noqa: BLE001 - the service outlives one bad pass
-                log.exception("%s: the pass failed unexpectedly; the next one runs on schedule", sync.name)
-
-    scheduler = BackgroundScheduler(
-        executors={"default": ThreadPoolExecutor(max_workers=max(1, len(syncs)))},
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-        timezone=timezone.utc,
-    )
-    def still_running(event: JobSubmissionEvent) -> None:
-        log.info("%s: the previous pass is still running; this scheduled pass is skipped "
-                 "(a pass takes longer than the schedule)", event.job_id)
-
-    scheduler.add_listener(still_running, EVENT_JOB_MAX_INSTANCES)
-    logging.getLogger("apscheduler.scheduler").addFilter(_said_by_us)
-    start = datetime.now(timezone.utc)
-    for sync in syncs:
-        scheduler.add_job(job, trigger_for(sync.schedule), args=[sync], id=sync.name, name=sync.name,
-                          next_run_time=start)
-    scheduler.start()
-    log.info("running %d sync(s): %s", len(syncs), ", ".join(
-        f"{s.name} ({_describe(s)})" for s in syncs))
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        scheduler.shutdown(wait=False)
-        grace = stop.remaining()
-        started_wait = time.monotonic()
-        # passes stop taking objects at once and give in-flight ones the grace time;
-        # a pass blocked in a slow request gets a few seconds more, then is left behind
-        if not running.wait_idle((grace if grace is not None else 0) + 5):
-            log.warning("a pass is still busy %.0fs after the stop; leaving it (nothing it did not commit is lost)",
-                        time.monotonic() - started_wait)
-    return not failures
+    """Run ``syncs`` on their schedules until ``stop`` is requested (see :class:`Service`)."""
+    return Service(pipeline, syncs, stop, on_result, progress).serve()
 
 
 def _said_by_us(record: logging.LogRecord) -> bool:

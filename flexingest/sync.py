@@ -4,11 +4,15 @@
    temporary listing table (filters applied as each key arrives).
 2. Diff the listing against the state in SQL: new, changed, retry, done, dead, filtered.
 3. Push new/changed/retry objects through the steps, ``concurrency`` at a time, in
-   worker threads; commit outcomes in batches, after every step has flushed.
+   worker threads (:class:`Processing`): dispatch, collection, the :class:`Breaker` that
+   stops a pass against an outage, and the :class:`Committer` that records outcomes in
+   batches after every step has made its outputs durable.
 4. If the listing was complete, mark what it no longer shows as gone. Record the run.
 
 An object becomes ``done`` only after every step succeeded and its row is committed;
-anything in flight when the process dies is simply processed again next time.
+anything in flight when the process dies is simply processed again next time. After a
+stop is requested no object starts; those in flight get the grace time, then the pass
+returns without them (they are processed again by the next pass).
 """
 
 from __future__ import annotations
@@ -21,16 +25,25 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
-from .connectors import ObjectInfo, Source, Storage, _translate, open_connector
-from .exceptions import FlexingestError, ObjectGone, ObjectSkipped, StateError, StepError
+from .connectors import Storage, open_connector
+from .destinations import open_destination
+from .exceptions import (
+    DestinationUnavailable,
+    FlexingestError,
+    ObjectGone,
+    ObjectSkipped,
+    PluginError,
+    StateError,
+    StepError,
+)
+from .objects import ObjectInfo, Source
 from .state import Outcome, State, now_iso
-from .steps import Step, StepContext
+from .steps import Record, Step, StepContext, run_steps
 
 if TYPE_CHECKING:
-    from fsspec import AbstractFileSystem
+    import sqlite3
 
     from .config import Pipeline, Sync
 
@@ -41,6 +54,7 @@ COMMIT_BATCH = 500  # or this many outcomes, whichever comes first
 TRANSIENT_RETRIES = 2  # in-pass retries of an object that failed transiently (the clients retry too)
 BACKOFF = 0.5  # first retry delay, doubled each time (with jitter)
 BREAKER = 3  # this many objects in a row failing transiently: storage is down, stop the pass
+COUNTS = ("listed", "new", "changed", "retry", "done", "skipped", "failed", "dead", "gone")
 
 
 class StopToken:
@@ -73,7 +87,7 @@ ProgressCallback = Callable[[int, int, int], None]
 @dataclass
 class PassResult:
     sync: str
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     seconds: float = 0.0
     error: str | None = None
     interrupted: bool = False
@@ -85,8 +99,9 @@ class PassResult:
 
     def summary(self) -> str:
         c = self.counts
+        skipped = f", skipped {c['skipped']}" if c.get("skipped") else ""
         text = (f"{self.sync}: listed {c.get('listed', 0)}, new {c.get('new', 0)}, changed {c.get('changed', 0)}, "
-                f"retried {c.get('retry', 0)}, done {c.get('done', 0)}, failed {c.get('failed', 0)}, "
+                f"retried {c.get('retry', 0)}, done {c.get('done', 0)}{skipped}, failed {c.get('failed', 0)}, "
                 f"dead {c.get('dead', 0)}, gone {c.get('gone', 0)} in {self.seconds:.1f}s")
         if self.interrupted:
             text += " (stopped early: the rest is processed on the next pass)"
@@ -95,36 +110,13 @@ class PassResult:
         return text
 
 
+# --------------------------------------------------------------------------- steps
+
+
 def step_context(pipeline: Pipeline) -> StepContext:
     """How steps of this pipeline open destinations: a URL, or a path in a connector."""
-    import os
-
-    def open_destination(url: str, connector: str | None) -> tuple[AbstractFileSystem, str]:
-        if connector is not None:
-            storage = open_connector(pipeline.connector(connector), pipeline.base_dir)
-            if "://" in url:  # a URL of the connector's own kind: any bucket its credentials open
-                from .loader import destination_url_problem
-
-                problem = destination_url_problem(url, connector, storage.kind)
-                if problem:
-                    raise FlexingestError(f"destination {url}: {problem}")
-                return storage.fs, storage.fs._strip_protocol(url).rstrip("/")
-            if storage.kind == "local":
-                return storage.fs, os.path.join(storage.root, url)
-            return storage.fs, f"{storage.root}/{url.strip('/')}".rstrip("/")
-        if "://" not in url:
-            path = Path(url).expanduser()
-            from fsspec.implementations.local import LocalFileSystem
-
-            return LocalFileSystem(), str(path if path.is_absolute() else pipeline.base_dir / path)
-        from fsspec.core import url_to_fs
-
-        try:
-            return url_to_fs(url)  # type: ignore[no-any-return]
-        except ImportError as exc:
-            raise FlexingestError(f"cannot open {url}: {exc}") from None
-
-    return StepContext(base_dir=pipeline.base_dir, open_destination=open_destination)
+    return StepContext(base_dir=pipeline.base_dir,
+                       open_destination=lambda url, connector: open_destination(pipeline, url, connector))
 
 
 def build_steps(pipeline: Pipeline, sync: Sync | None) -> list[Step]:
@@ -138,7 +130,7 @@ def build_steps(pipeline: Pipeline, sync: Sync | None) -> list[Step]:
         raise
     except Exception as exc:  # noqa: BLE001 - a step's constructor failing
         close_steps(built)
-        raise FlexingestError(f"step {call.name!r} could not start: {type(exc).__name__}: {exc}") from exc
+        raise PluginError(f"step {call.name!r} could not start: {type(exc).__name__}: {exc}") from exc
     return built
 
 
@@ -150,63 +142,59 @@ def close_steps(steps: Iterable[Step]) -> None:
             log.exception("closing step %s failed", type(step).__name__)
 
 
+def redactor(pipeline: Pipeline) -> Callable[[str], str]:
+    """Masks every secret of the pipeline in a text (errors are stored and shown)."""
+    from .redact import Redactor
+
+    return Redactor(pipeline.secrets()).mask
+
+
+# --------------------------------------------------------------------------- one object
+
+
 def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z") if ts is not None else None
 
 
-def redactor(pipeline: Pipeline) -> Callable[[str], str]:
-    """Masks every secret of the pipeline in a text (errors are stored and shown)."""
-    secrets = sorted(pipeline.secrets(), key=len, reverse=True)
-
-    def redact(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(secret, "**********")
-        return text
-
-    return redact
+def new_record(connector: str, sync: str | None, info: ObjectInfo) -> Record:
+    return {"connector": connector, "sync": sync, "key": info.key, "version": info.version,
+            "size": info.size, "modified": _iso(info.modified), "text": None, "metadata": {}}
 
 
 def process_object(storage: Storage, steps: list[Step], info: ObjectInfo, sync: str | None,
-                   stop: StopToken | None = None, redact: Callable[[str], str] | None = None) -> Outcome:
-    """Run one object through the steps; transient failures are retried with backoff."""
+                   halted: Callable[[], bool] = lambda: False,
+                   redact: Callable[[str], str] | None = None) -> Outcome | None:
+    """Run one object through the steps; transient failures are retried with backoff.
+
+    Returns None, having done nothing, when ``halted()`` says the pass is stopping.
+    """
+    if halted():
+        return None
     redact = redact or storage.redact
     started = time.monotonic()
     delay = BACKOFF
-    attempt = 0
-    restarts = 0
+    attempt = restarts = 0
     while True:
         source = Source(storage, info)
-        record: dict[str, Any] = {
-            "connector": storage.name, "sync": sync, "key": info.key, "version": info.version,
-            "size": info.size, "modified": _iso(info.modified), "text": None, "metadata": {},
-        }
         try:
-            for step in steps:
-                result = step.process(record, source)
-                if not isinstance(result, dict):
-                    raise StepError(f"step {type(step).__name__} returned {type(result).__name__}, not a record")
-                record = result
+            run_steps(steps, new_record(storage.name, sync, info), source)
             if source.read_version not in (None, info.version) and restarts < 2:
-                # overwritten since the listing: what was read is newer than what was listed,
-                # so process it again as that version, so that the record and the state agree
+                # overwritten since the listing: what was read is newer than what was listed;
+                # process the object again as it is now, so that the record and the state agree
                 log.info("%s: changed since it was listed; processing the new version", info.key)
-                info = ObjectInfo(info.key, source.read_version, info.size, info.modified)
+                info = storage.info(info.key)
                 restarts += 1
                 continue
             log.debug("%s: done in %.3fs", info.key, time.monotonic() - started)
             return Outcome(info.key, info.version, info.size, info.modified, "done")
         except ObjectSkipped as exc:
-            return Outcome(info.key, info.version, info.size, info.modified, "done", f"skipped: {exc}")
-        except ObjectGone:
-            return Outcome(info.key, info.version, info.size, info.modified, "gone")
+            return Outcome(info.key, info.version, info.size, info.modified, "skipped", redact(str(exc)))
         except Exception as exc:  # noqa: BLE001 - one bad object never stops the others
-            error = _as_error(exc, storage, info.key)
+            error = _as_error(exc, info.key)
             if isinstance(error, ObjectGone):
                 return Outcome(info.key, info.version, info.size, info.modified, "gone")
-            if not isinstance(exc, FlexingestError):
-                log.debug("object %s failed", info.key, exc_info=True)
             retry = error.transient and not getattr(error, "clients_retried", False)
-            if retry and attempt < TRANSIENT_RETRIES and not (stop and stop.is_set()):
+            if retry and attempt < TRANSIENT_RETRIES and not halted():
                 attempt += 1
                 log.info("%s: %s (transient; attempt %d of %d in %.1fs)", info.key, error, attempt + 1,
                          TRANSIENT_RETRIES + 1, delay)
@@ -214,24 +202,50 @@ def process_object(storage: Storage, steps: list[Step], info: ObjectInfo, sync: 
                 delay *= 2
                 continue
             return Outcome(info.key, info.version, info.size, info.modified, "failed", redact(str(error)),
-                           transient=error.transient)
+                           transient=error.transient, permanent=error.permanent,
+                           halt=isinstance(error, DestinationUnavailable))
 
 
-def _as_error(exc: Exception, storage: Storage, key: str) -> FlexingestError:
-    """A step's exception as a flexingest error: backend and OS errors translated, bugs named."""
+def _as_error(exc: Exception, key: str) -> FlexingestError:
+    """A step's exception as a flexingest error. Sources and destinations translate their own
+    errors at their boundary; anything else a step raises is that step's failure."""
     if isinstance(exc, FlexingestError):
         return exc
-    if isinstance(exc, (TypeError, AttributeError, KeyError, ValueError, AssertionError, NameError)):
-        log.debug("object %s: unexpected %s", key, type(exc).__name__, exc_info=True)
-        return StepError(f"{type(exc).__name__}: {exc}")
-    return _translate(exc, storage.describe(key), ObjectGone, storage.redact)
+    log.debug("object %s: unexpected %s", key, type(exc).__name__, exc_info=True)
+    return StepError(f"{type(exc).__name__}: {exc}")
 
 
-class BreakerTripped(FlexingestError):
-    """Objects kept failing with transient errors: the storage (or a destination) is down."""
+# --------------------------------------------------------------------------- the parts of a pass
 
 
-class _Committer:
+class Breaker:
+    """Stops a pass that cannot succeed: at once when a destination is missing or refuses us,
+    and after ``limit`` objects in a row failed with an outage (timeouts, 5xx, unreachable)."""
+
+    def __init__(self, limit: int = BREAKER) -> None:
+        self.limit = limit
+        self.in_a_row = 0
+        self.reason: str | None = None
+
+    def record(self, outcome: Outcome) -> None:
+        if self.reason is not None:
+            return
+        if outcome.halt:
+            self.reason = outcome.error or "a destination is unavailable"
+        elif outcome.status == "failed" and outcome.transient:
+            self.in_a_row += 1
+            if self.in_a_row >= self.limit:
+                self.reason = (f"stopped after {self.in_a_row} objects in a row failed with transient errors "
+                               f"(an outage: no attempt was charged to them); last: {outcome.error}")
+        else:
+            self.in_a_row = 0
+
+    @property
+    def tripped(self) -> bool:
+        return self.reason is not None
+
+
+class Committer:
     """Collects outcomes and commits them in batches, after the steps made their outputs durable."""
 
     def __init__(self, state: State, sync: str, steps: list[Step], max_attempts: int,
@@ -259,15 +273,12 @@ class _Committer:
             message = f"could not make outputs durable: {exc}"
             log.error("%s: %s", self.sync, message)
             batch = [Outcome(o.key, o.version, o.size, o.modified, "failed", message)
-                     if o.status == "done" else o for o in batch]
+                     if o.status in ("done", "skipped") else o for o in batch]
         result = self.state.record(self.sync, batch, self.max_attempts)
         for o in batch:
-            status = "skipped" if o.status == "done" and (o.error or "").startswith("skipped:") else o.status
-            self.counts[status] = self.counts.get(status, 0) + 1
-            if status == "skipped":
-                self.counts["done"] = self.counts.get("done", 0) + 1
-        self.counts["dead"] = self.counts.get("dead", 0) + result["dead"]
-        self.counts["failed"] = self.counts.get("failed", 0) - result["dead"]
+            self.counts[o.status] = self.counts.get(o.status, 0) + 1
+        self.counts["dead"] += result["dead"]
+        self.counts["failed"] -= result["dead"]
         if self.keep is not None:
             self.keep.extend(batch)
         for o in batch:
@@ -275,104 +286,127 @@ class _Committer:
                 log.warning("%s: %s failed: %s", self.sync, o.key, o.error)
 
 
-def _process_planned(storage: Storage, steps: list[Step], state: State, sync_name: str, record_as: str | None,
-                     concurrency: int, max_attempts: int, total: int, counts: dict[str, int],
-                     stop: StopToken | None, on_progress: ProgressCallback | None,
-                     redact: Callable[[str], str], keep: list[Outcome] | None = None) -> bool:
-    """Process the state's planned keys; returns False if stopped before the end."""
-    committer = _Committer(state, sync_name, steps, max_attempts, counts, keep)
-    executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"flexingest-{sync_name}")
-    in_flight: dict[Future[Outcome], ObjectInfo] = {}
-    finished_queue: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()  # O(1) per object
-    finished = 0
-    finished_bytes = 0
-    complete = True
-    in_a_row = 0  # transient failures in a row: the circuit breaker
+class Processing:
+    """The planned objects of one pass through the steps, ``concurrency`` at a time."""
 
-    def collect(timeout: float) -> None:
-        nonlocal finished, finished_bytes, in_a_row
-        if not in_flight:
-            return
-        done: list[Future[Outcome]] = []
+    def __init__(self, storage: Storage, steps: list[Step], committer: Committer, *, record_as: str | None,
+                 concurrency: int, total: int, stop: StopToken | None,
+                 on_progress: ProgressCallback | None, redact: Callable[[str], str]) -> None:
+        self.storage, self.steps, self.committer = storage, steps, committer
+        self.record_as, self.concurrency, self.total = record_as, concurrency, total
+        self.stop, self.on_progress, self.redact = stop, on_progress, redact
+        self.breaker = Breaker()
+        self._halt = threading.Event()  # set by a worker whose object says no other can succeed
+        self.window = concurrency * 2  # submitted ahead, so that a worker never waits for the next object
+        self.in_flight: dict[Future[Outcome | None], ObjectInfo] = {}
+        self.finished: queue.SimpleQueue[Future[Outcome | None]] = queue.SimpleQueue()  # O(1) per object
+        self.done = self.done_bytes = 0
+
+    def halted(self) -> bool:
+        """No object may start: a stop was requested or the breaker tripped."""
+        return self._halt.is_set() or self.breaker.tripped or (self.stop is not None and self.stop.is_set())
+
+    def _work(self, info: ObjectInfo) -> Outcome | None:
+        outcome = process_object(self.storage, self.steps, info, self.record_as, self.halted, self.redact)
+        if outcome is not None and outcome.halt:
+            self._halt.set()  # at once, before the next object queued here starts
+        return outcome
+
+    def run(self, batches: Iterable[list[sqlite3.Row]]) -> bool:
+        """Process every planned object; returns False if the pass stopped before the end."""
+        executor = ThreadPoolExecutor(max_workers=self.concurrency,
+                                      thread_name_prefix=f"flexingest-{self.committer.sync}")
         try:
-            done.append(finished_queue.get(timeout=timeout) if timeout > 0 else finished_queue.get_nowait())
+            complete = self._dispatch(executor, batches)
+            complete = self._drain() and complete
+        except BaseException:
+            executor.shutdown(wait=False, cancel_futures=True)
+            try:
+                self.committer.commit()  # keep what finished, if the state can still take it
+            except FlexingestError as exc:
+                log.error("%s: %s", self.committer.sync, exc)
+            raise
+        self.committer.commit()
+        executor.shutdown(wait=not self.in_flight, cancel_futures=True)
+        return complete
+
+    def _dispatch(self, executor: ThreadPoolExecutor, batches: Iterable[list[sqlite3.Row]]) -> bool:
+        for batch in batches:
+            for row in batch:
+                while len(self.in_flight) >= self.window and not self.halted():
+                    self._collect(COMMIT_EVERY)
+                if self.halted():
+                    return False
+                info = ObjectInfo(row["key"], row["version"], row["size"], row["modified"])
+                future = executor.submit(self._work, info)
+                self.in_flight[future] = info
+                future.add_done_callback(self.finished.put)
+            self._collect(0)
+        return True
+
+    def _collect(self, timeout: float) -> None:
+        if not self.in_flight:
+            return
+        done: list[Future[Outcome | None]] = []
+        try:
+            done.append(self.finished.get(timeout=timeout) if timeout > 0 else self.finished.get_nowait())
             while True:
-                done.append(finished_queue.get_nowait())
+                done.append(self.finished.get_nowait())
         except queue.Empty:
             pass
         for future in done:
-            info = in_flight.pop(future)
-            outcome = future.result()
-            committer.add(outcome)
-            in_a_row = in_a_row + 1 if outcome.status == "failed" and outcome.transient else 0
-            if in_a_row >= BREAKER and not tripped:
-                tripped.append(outcome.error or "")
-                log.error("%s: %d objects in a row failed with transient errors (%s); stopping this pass, "
-                          "the rest is left for the next one", sync_name, in_a_row, outcome.error)
-            finished += 1
-            finished_bytes += info.size or 0
-            if on_progress:
-                on_progress(finished, total, finished_bytes)
+            info = self.in_flight.pop(future)
+            outcome = None if future.cancelled() else future.result()
+            if outcome is None:
+                continue  # not started: the pass is stopping
+            self.committer.add(outcome)
+            was_tripped = self.breaker.tripped
+            self.breaker.record(outcome)
+            if self.breaker.tripped and not was_tripped:
+                log.error("%s: %s; the rest is left for the next pass", self.committer.sync, self.breaker.reason)
+            self.done += 1
+            self.done_bytes += info.size or 0
+            if self.on_progress:
+                self.on_progress(self.done, self.total, self.done_bytes)
         if not done:
-            committer.commit()
+            self.committer.commit()
 
-    tripped: list[str] = []
-    try:
-        for batch in state.planned():
-            for row in batch:
-                if (stop is not None and stop.is_set()) or tripped:
-                    complete = False
-                    break
-                while len(in_flight) >= concurrency * 2:
-                    collect(COMMIT_EVERY)
-                info = ObjectInfo(row["key"], row["version"], row["size"], row["modified"])
-                future = executor.submit(process_object, storage, steps, info, record_as, stop, redact)
-                in_flight[future] = info
-                future.add_done_callback(finished_queue.put)
-            if not complete:
-                break
-            collect(0)
-        while in_flight and tripped:
-            collect(COMMIT_EVERY)
-        while in_flight:
-            if stop is not None and stop.is_set():
-                complete = False
-                remaining = stop.remaining()
-                if remaining is not None and remaining <= 0:
-                    log.warning("%s: grace time over; %d object(s) still in flight are left for the next pass",
-                                sync_name, len(in_flight))
-                    break
-                collect(min(COMMIT_EVERY, remaining if remaining is not None else COMMIT_EVERY))
-            else:
-                collect(COMMIT_EVERY)
-    except BaseException:
-        executor.shutdown(wait=False, cancel_futures=True)
-        try:
-            committer.commit()  # keep what finished, if the state can still take it
-        except FlexingestError as exc:
-            log.error("%s: %s", sync_name, exc)
-        raise
-    committer.commit()
-    executor.shutdown(wait=not in_flight, cancel_futures=True)
-    if tripped:
-        raise BreakerTripped(f"stopped after {BREAKER} objects in a row failed transiently; last: {tripped[0]}")
-    return complete
+    def _drain(self) -> bool:
+        """Wait for the objects in flight: after a stop, no longer than the grace time."""
+        if self.halted():
+            for future in list(self.in_flight):
+                future.cancel()  # those still waiting for a worker never start
+        while self.in_flight:
+            remaining = self.stop.remaining() if self.stop is not None and self.stop.is_set() else None
+            if remaining is not None and remaining <= 0:
+                log.warning("%s: grace time over; %d object(s) still in flight are left for the next pass",
+                            self.committer.sync, len(self.in_flight))
+                return False
+            self._collect(COMMIT_EVERY if remaining is None else min(COMMIT_EVERY, remaining))
+        return not self.halted()
+
+
+# --------------------------------------------------------------------------- passes
 
 
 def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | None = None,
              dry_run: bool = False, on_progress: ProgressCallback | None = None,
-             on_explain: Callable[[str, str, str | None], None] | None = None) -> PassResult:
-    """One pass of ``sync``: see the module docstring."""
+             on_explain: Callable[[str, str, str | None], None] | None = None,
+             storage: Storage | None = None) -> PassResult:
+    """One pass of ``sync``: see the module docstring. ``storage`` is the opened connector
+    (the service keeps one per connector for its life); by default the pass opens it."""
     started = time.monotonic()
     result = PassResult(sync.name)
     counts = result.counts
+    redact = redactor(pipeline)
     steps: list[Step] = []
     listing_complete = False
     state_failed = False
     run_id = None
     started_at = now_iso()
     try:
-        storage = open_connector(pipeline.connector(sync.connector), pipeline.base_dir)
+        if storage is None:
+            storage = open_connector(pipeline.connector(sync.connector), pipeline.base_dir)
         if not dry_run:
             steps = build_steps(pipeline, sync)
         listing_complete = _list(storage, sync, state, stop)
@@ -390,24 +424,30 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
             if on_explain:
                 for reason, key, skip in state.explain():
                     on_explain(reason, key, skip)
+                if listing_complete:
+                    for key in state.would_be_gone(sync.name):
+                        on_explain("gone", key, "no longer listed: would be marked gone")
             return result
         state.unmark_gone(sync.name)  # listed again: back (before objects gone meanwhile are marked)
         if plan.to_process and not result.interrupted:
             log.info("%s: %d to process (%d new, %d changed, %d to retry) of %d listed", sync.name,
                      plan.to_process, counts["new"], counts["changed"], counts["retry"], counts["listed"])
-            complete = _process_planned(storage, steps, state, sync.name, sync.name, sync.concurrency,
-                                        sync.max_attempts, plan.to_process, counts, stop, on_progress,
-                                        redactor(pipeline))
-            result.interrupted = result.interrupted or not complete
+            committer = Committer(state, sync.name, steps, sync.max_attempts, counts, None)
+            processing = Processing(storage, steps, committer, record_as=sync.name, concurrency=sync.concurrency,
+                                    total=plan.to_process, stop=stop, on_progress=on_progress, redact=redact)
+            complete = processing.run(state.planned())
+            if processing.breaker.tripped:
+                result.error = redact(processing.breaker.reason or "")
+            result.interrupted = result.interrupted or (not complete and not processing.breaker.tripped)
         if listing_complete:
-            counts["gone"] = counts.get("gone", 0) + state.mark_gone(sync.name)
+            counts["gone"] += state.mark_gone(sync.name)
     except StateError:
         state_failed = True  # the state file itself: not this sync's failure, the whole run's
         raise
     except FlexingestError as exc:
-        result.error = redactor(pipeline)(str(exc))
+        result.error = redact(str(exc))
     except Exception as exc:
-        result.error = redactor(pipeline)(f"unexpected {type(exc).__name__}: {exc}")  # recorded, then raised
+        result.error = redact(f"unexpected {type(exc).__name__}: {exc}")  # recorded, then raised
         raise
     finally:
         close_steps(steps)
@@ -455,6 +495,7 @@ def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], 
     name = sync.name if sync is not None else "process"
     result = PassResult(name)
     counts = result.counts
+    redact = redactor(pipeline)
     steps: list[Step] = []
     try:
         storage = open_connector(pipeline.connector(connector_ref), pipeline.base_dir)
@@ -468,21 +509,25 @@ def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], 
                     infos.append(info)
                 else:
                     status = "gone" if isinstance(error, ObjectGone) else "failed"
-                    counts[status] = counts.get(status, 0) + 1
-                    result.outcomes.append(Outcome(key, "", None, None, status, str(error)))
+                    counts[status] += 1
+                    result.outcomes.append(Outcome(key, "", None, None, status, redact(str(error))))
         state.begin_listing()
         state.add_keys((i.key, i.version, i.size, i.modified) for i in infos)
         plan = state.plan(name, force=True)
         counts["listed"] = len(infos)
         counts["new"] = plan.to_process
-        complete = _process_planned(storage, steps, state, name, sync.name if sync else None, concurrency,
-                                    sync.max_attempts if sync else 3, plan.to_process, counts, stop, on_progress,
-                                    redactor(pipeline), keep=result.outcomes)
-        result.interrupted = not complete
+        committer = Committer(state, name, steps, sync.max_attempts if sync else 3, counts, result.outcomes)
+        processing = Processing(storage, steps, committer, record_as=sync.name if sync else None,
+                                concurrency=concurrency, total=plan.to_process, stop=stop,
+                                on_progress=on_progress, redact=redact)
+        complete = processing.run(state.planned())
+        if processing.breaker.tripped:
+            result.error = redact(processing.breaker.reason or "")
+        result.interrupted = not complete and not processing.breaker.tripped
     except StateError:
         raise
     except FlexingestError as exc:
-        result.error = redactor(pipeline)(str(exc))
+        result.error = redact(str(exc))
     finally:
         close_steps(steps)
         result.seconds = time.monotonic() - started
@@ -496,3 +541,4 @@ def _lookup(storage: Storage, key: str) -> tuple[str, ObjectInfo | None, Flexing
         return key, None, ObjectGone(f"{storage.describe(key)}: not found")  # no listing to have been deleted after
     except FlexingestError as exc:
         return key, None, exc
+

@@ -1,11 +1,6 @@
 from __future__ import annotations
 
 import os
-
-# Must happen before anything imports gcsfs: otherwise every GCS bucket operation stalls ~40 s
-# trying gRPC over TLS against the plain-HTTP emulator.
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-
 import pathlib  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402

@@ -102,7 +102,9 @@ def test_unsupported_type_fails_or_is_skipped(tmp_path: Path, write_pipeline: Ca
     assert result.code == 0, result.stderr
     assert list(records) == ["note.txt"], "a skipped object runs no further step"
     status = json.loads(cli("status", tmp_path / "pipeline.yaml", "--json").stdout)
-    assert status["syncs"]["docs"]["done"] == 2
+    assert (status["syncs"]["docs"]["done"], status["syncs"]["docs"]["skipped"]) == (1, 1)
+    again = extract(tmp_path, write_pipeline, cli, folder, {"on_unsupported": "skip"})[0]
+    assert "listed 2, new 0" in again.stderr, "a skipped object is not looked at again until it changes"
 
 
 def test_type_from_content_when_the_key_has_no_extension(tmp_path: Path, write_pipeline: Callable[..., Path],

@@ -288,7 +288,8 @@ def test_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
         prev = f"*a{i - 1}"
         lines.append(f"a{i}: &a{i} [{', '.join([prev] * 10)}]")
     assert errors(tmp_path, "\n".join(lines) + "\n", env={}) == [
-        "the file expands to more than 100000 values (alias bomb?); refusing to load it"]
+        "5:45: the file expands to more than 100000 values (an alias bomb?): this alias crossed the bound; "
+        "refusing to load it"], "the line and column of the alias whose expansion crossed the bound"
 
 
 def test_recursive_alias_is_refused(tmp_path: Path) -> None:

@@ -128,15 +128,10 @@ class EventSource:
         self.batch = config.batch
         self.visibility_timeout = config.visibility_timeout.total_seconds()
         self.closed = False
-        from ..config import _inner_secrets
+        from ..redact import Redactor
 
-        found: set[str] = set()
-        for model in (conf, config):
-            for value in vars(model).values():
-                if hasattr(value, "get_secret_value") and len(value.get_secret_value()) >= 4:
-                    found.add(value.get_secret_value())
-                    found.update(_inner_secrets(value.get_secret_value()))
-        self._secrets = sorted(found, key=len, reverse=True)  # the longest first: a whole string before its parts
+        self._redactor = Redactor(v.get_secret_value() for model in (conf, config) for v in vars(model).values()
+                                  if hasattr(v, "get_secret_value"))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
@@ -153,9 +148,7 @@ class EventSource:
         raise NotImplementedError
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "**********")
-        return text
+        return self._redactor.mask(text)
 
     def errors(self, doing: str = "") -> contextlib.AbstractContextManager[None]:
         what = self.describe() + (f" ({doing})" if doing else "")
@@ -343,7 +336,8 @@ def queue_errors(what: str, *, redact: Callable[[str], str] = lambda s: s) -> It
 
 def translate(exc: Exception, what: str, redact: Callable[[str], str] = lambda s: s) -> EventSourceError:
     """The :class:`EventSourceError` for a client exception (botocore, google.api_core, azure)."""
-    from ..connectors import _first_line, _status_of, _translate
+    from ..connectors import _first_line, _status_of
+    from ..connectors import translate as translate_storage
     from ..exceptions import AccessDenied, BucketNotFound, EndpointUnreachable, TransientStorageError
 
     code = _code(exc)
@@ -360,7 +354,7 @@ def translate(exc: Exception, what: str, redact: Callable[[str], str] = lambda s
         return QueueAccessDenied(f"{what}: no credentials found ({detail})")
     if "DeadlineExceeded" in names:
         return EventSourceError(f"{what}: no answer in time ({detail})", transient=True)
-    storage = _translate(exc, what, BucketNotFound, redact)
+    storage = translate_storage(exc, what, BucketNotFound, redact)
     if isinstance(storage, BucketNotFound) or _status_of(exc) == 404:
         return QueueNotFound(f"{what}: not found ({detail})")
     if isinstance(storage, AccessDenied):

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ..exceptions import FlexingestError
+from ..exceptions import FlexingestError, PluginError, StepError
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-    from ..connectors import Source
+    from ..objects import Source
 
 ENTRY_POINT_GROUP = "flexingest.steps"
 
@@ -91,6 +91,16 @@ class Step:
         """Release what the step holds. Called once, after its last ``process``."""
 
 
+def run_steps(steps: list[Step], record: Record, source: Source) -> list[Record]:
+    """Run one object through ``steps`` in order; returns the final record(s)."""
+    for step in steps:
+        result = step.process(record, source)
+        if not isinstance(result, dict):
+            raise StepError(f"step {type(step).__name__} returned {type(result).__name__}, not a record")
+        record = result
+    return [record]
+
+
 @dataclass(frozen=True)
 class StepCall:
     """One entry of a ``steps:`` list: a step name and its validated options."""
@@ -107,37 +117,50 @@ _classes: dict[str, type[Step]] = {}
 
 
 @functools.cache
-def _entry_points() -> dict[str, str]:
-    # scanning every installed distribution's metadata costs milliseconds: once a process
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+def _entry_points() -> dict[str, tuple[str, str]]:
+    """name -> (``module:Class``, the package that registers it). Read once a process: scanning
+    every installed distribution's metadata costs milliseconds."""
+    found = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        package = f"{dist.name} {dist.version}" if dist is not None else "an unknown package"
+        found[ep.name] = (ep.value, package)
+    return found
 
 
 def known_steps() -> dict[str, str]:
     """Every step name (built-in and registered) -> its ``module:Class`` path, sorted."""
-    found = {**_entry_points(), **BUILTIN_STEPS}  # a plugin may not shadow a built-in
+    found = {name: target for name, (target, _) in _entry_points().items()}
+    found.update(BUILTIN_STEPS)  # a plugin may not shadow a built-in
     return dict(sorted(found.items()))
 
 
 def step_class(name: str) -> type[Step]:
-    """Import the step registered as ``name`` and check it is a :class:`Step`."""
+    """Import the step registered as ``name`` and check it is a :class:`Step`.
+
+    A plugin that fails to import is a :class:`PluginError` naming its package.
+    """
     with _lock:
         if name in _classes:
             return _classes[name]
         target = known_steps().get(name)
         if target is None:
             raise FlexingestError(f"unknown step {name!r} (known: {', '.join(known_steps())})")
+        package = "flexingest" if name in BUILTIN_STEPS else _entry_points()[name][1]
         module_name, _, attr = target.partition(":")
         try:
             obj = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise FlexingestError(f"step {name!r} could not be loaded from {target!r}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a plugin may fail at import in any way
+            raise PluginError(f"step {name!r} of package {package} could not be loaded from {target!r}: "
+                              f"{type(exc).__name__}: {exc}") from exc
         if not (isinstance(obj, type) and issubclass(obj, Step)):
-            raise FlexingestError(f"step {name!r} ({target}) is not a subclass of flexingest.steps.Step")
+            raise PluginError(f"step {name!r} of package {package} ({target}) is not a subclass of "
+                              "flexingest.steps.Step")
         _classes[name] = obj
         return obj
 
 
 def _default_destination(url: str) -> tuple[AbstractFileSystem, str]:
-    from fsspec.core import url_to_fs
+    from ..destinations import open_url
 
-    return url_to_fs(url)  # type: ignore[no-any-return]
+    return open_url(url)

@@ -19,8 +19,8 @@ from xml.etree import ElementTree
 
 from pydantic import ByteSize, Field
 
-from ..connectors import Source
 from ..exceptions import ObjectSkipped, StepError
+from ..objects import Source
 from ..units import Size
 from . import Record, Step, StepOptions
 
