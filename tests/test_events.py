@@ -649,3 +649,19 @@ def test_loading_a_pipeline_imports_no_queue_client(tmp_path: pathlib.Path) -> N
             "'azure.storage.queue', 'grpc', 'aiobotocore'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "[]"
+
+
+def test_pubsub_credentials_are_the_connectors_scoped_for_pubsub(open_source: Opener) -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.oauth2 import service_account
+    from test_soak import service_account_key
+
+    key = service_account_key("http://127.0.0.1:1/token")
+    connector = {"name": "docs", "type": "gcs", "config": {"bucket": "b", "project": "p", "service_account_json": key}}
+    events = {"type": "pubsub", "subscription": "contracts", "endpoint_url": "https://pubsub.googleapis.com"}
+    credentials = open_source(connector, events)._credentials()  # type: ignore[attr-defined]
+    assert isinstance(credentials, service_account.Credentials)
+    assert credentials.scopes == ["https://www.googleapis.com/auth/pubsub"]
+    assert credentials.service_account_email == "reader@test.iam.gserviceaccount.com"
+    own = open_source(connector, {**events, "anonymous": True})._credentials()  # type: ignore[attr-defined]
+    assert isinstance(own, AnonymousCredentials)  # the events block's own

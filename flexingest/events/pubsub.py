@@ -68,6 +68,8 @@ class PubSubSource(EventSource):
 
         c = self.config
         base: Any = self.connector.config  # type: ignore[attr-defined]
+        # the storage endpoint is not Pub/Sub's: only the credentials carry over
+        base = base.model_copy(update={"endpoint_url": None})
         if c.own_credentials():
             base = base.model_copy(update={"anonymous": c.anonymous, "service_account_json": c.service_account_json})
         token = GCSStorage(self.connector.model_copy(update={"config": base}), self.base_dir).options()["token"]
