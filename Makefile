@@ -26,7 +26,8 @@ $(AZURITE): tests/emulators/package.json
 	touch $@
 
 # Debian packages the tests drive (command:package); installed only when the command is missing
-SYSTEM_TOOLS := systemd-analyze:systemd setpriv:util-linux logger:bsdutils
+# java: the Pub/Sub emulator (shipped with the Google Cloud CLI, used by tests/test_events.py) runs on it
+SYSTEM_TOOLS := systemd-analyze:systemd setpriv:util-linux logger:bsdutils java:openjdk-17-jre-headless
 
 system-tools:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \

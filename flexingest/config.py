@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from .events import EventsConfig
 from .steps import BUILTIN_STEPS, StepCall, StepOptions, known_steps, step_class
 from .units import Duration, Size
 
@@ -322,6 +323,8 @@ class Sync(Strict):
     concurrency: int = Field(8, ge=1, le=512, description="objects in flight at once")
     max_attempts: int = Field(3, ge=1, description="failed attempts before an object is parked as dead")
     steps: StepList | None = Field(None, description="overrides the top-level steps")  # type: ignore[valid-type]
+    events: EventsConfig | None = Field(None, description="bucket notifications that find new objects between "
+                                        "listings; 'schedule' is then the reconciliation listing")
 
     @field_validator("include", "exclude")
     @classmethod
@@ -428,6 +431,11 @@ class Pipeline(Strict):
         for c in self.connectors:
             for name in SECRET_FIELDS:
                 value = getattr(c.config, name, None)
+                if isinstance(value, SecretStr):
+                    found.add(value.get_secret_value())
+        for sync in self.syncs:  # an events: block's own credentials
+            for name in SECRET_FIELDS:
+                value = getattr(sync.events, name, None)
                 if isinstance(value, SecretStr):
                     found.add(value.get_secret_value())
         calls: list[StepCall] = list(self.steps)

@@ -13,6 +13,10 @@
     │   └── TransientStorageError        (transient: timeouts, resets, 429, 5xx)
     ├── DestinationError         a destination (a step's URL, a webhook) failed; transient or not
     │   └── DestinationUnavailable   missing or denied: a configuration outage, the pass stops
+    ├── EventSourceError         a queue of bucket events failed (names the queue); transient or not
+    │   ├── QueueNotFound
+    │   ├── QueueAccessDenied
+    │   └── ReceiptExpired       ack/extend of a message no longer held: it will be delivered again
     ├── StepError                a step failed for one object
     │   ├── UnsafeKey            the key would escape a local destination
     │   └── UnprocessableObject  the object itself cannot be processed: it goes dead at once
@@ -133,6 +137,32 @@ class DestinationUnavailable(DestinationError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, transient=True)
+
+
+class EventSourceError(FlexingestError):
+    """A queue of bucket notifications (SQS, Pub/Sub, Azure queue) could not do what was asked.
+
+    Its message names the queue, never a secret. ``transient`` is set per error: an
+    unreachable endpoint, a timeout, throttling or a 5xx may pass; a missing queue or a
+    denied request will not.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class QueueNotFound(EventSourceError):
+    pass
+
+
+class QueueAccessDenied(EventSourceError):
+    pass
+
+
+class ReceiptExpired(EventSourceError):
+    """The message is no longer held by this consumer (its visibility timeout or ack deadline
+    passed, or another consumer received it): it will be delivered again."""
 
 
 class StepError(FlexingestError):

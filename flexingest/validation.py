@@ -130,6 +130,16 @@ def issue_from_pydantic(error: Mapping[str, Any], data: Any, walker: _Walker,
             hint = difflib.get_close_matches(str(tag), names, n=1)
             message = (f"unknown step {tag!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                        + f" (known: {', '.join(names)})")
+    elif etype in ("union_tag_invalid", "union_tag_not_found") and loc[-1:] == ("events",):
+        from .events import EVENT_TYPES
+
+        display = (*loc, "type")
+        mark = walker.value_marks.get(display, mark)
+        tag = ctx.get("tag")
+        hint = difflib.get_close_matches(str(tag), EVENT_TYPES, n=1) if etype == "union_tag_invalid" else []
+        message = (f"unknown event type {tag!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                   + f" (known: {', '.join(EVENT_TYPES)})" if etype == "union_tag_invalid"
+                   else f"required field missing (one of {', '.join(EVENT_TYPES)})")
     elif etype == "union_tag_invalid":
         display = (*loc, "type")
         mark = walker.value_marks.get(display, mark)
@@ -211,6 +221,7 @@ def reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue]
     connectors: list[Any] = data["connectors"] if isinstance(data.get("connectors"), list) else []
     names: dict[str, int] = {}
     types: dict[str, Any] = {}
+    configs: dict[Any, Any] = {}  # connector name or id -> (type, config)
     ids: dict[int, int] = {}
     for i, c in enumerate(connectors):
         if not isinstance(c, dict):
@@ -225,6 +236,9 @@ def reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue]
             if cid in ids:
                 add(("connectors", i, "id"), f"duplicate connector id {cid} (also connectors[{ids[cid]}])")
             ids.setdefault(cid, i)
+            configs.setdefault(cid, (c.get("type"), c.get("config")))
+        if isinstance(name, str):
+            configs.setdefault(name, (c.get("type"), c.get("config")))
 
     top_steps = data.get("steps")
     syncs: list[Any] = data["syncs"] if isinstance(data.get("syncs"), list) else []
@@ -247,6 +261,15 @@ def reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue]
                     + f" (known: {', '.join(names)})")
         if s.get("steps") is None and not top_steps:
             add(("syncs", i), "no steps: give this sync 'steps' or declare top-level 'steps'")
+        if s.get("events") is not None and isinstance(ref, (str, int)) and not isinstance(ref, bool):
+            from .events import events_problems
+
+            found = configs.get(ref, configs.get(int(ref)) if isinstance(ref, str) and ref.isdigit() else None)
+            if found is not None:
+                for field, why in events_problems(s["events"], *found):
+                    where: Loc = ("syncs", i, "events", *field)
+                    line, col = walker.value_marks.get(where) or walker.key_marks.get(("syncs", i, "events"), (0, 0))
+                    issues.append(ConfigIssue(walker.file, line, col, field_path(where), why))
 
     step_lists: list[tuple[Loc, Any]] = [(("steps",), top_steps)]
     step_lists += [(("syncs", i, "steps"), s.get("steps")) for i, s in enumerate(syncs) if isinstance(s, dict)]

@@ -57,7 +57,8 @@ def test_every_imported_library_is_declared() -> None:
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
 
 
-@pytest.mark.parametrize("dist", ["s3fs", "gcsfs", "adlfs", "aiobotocore", "azure-core", "azure-storage-blob"])
+@pytest.mark.parametrize("dist", ["s3fs", "gcsfs", "adlfs", "aiobotocore", "azure-core", "azure-storage-blob",
+                                  "azure-storage-queue", "google-cloud-pubsub"])
 def test_libraries_whose_private_parts_are_used_are_bounded(dist: str) -> None:
     req = declared()[dist]
     assert any(spec.operator in ("<", "<=", "==", "~=") for spec in req.specifier), \
@@ -92,6 +93,21 @@ def test_adlfs_client_settings_are_where_flexingest_sets_them() -> None:
     send = container._client._send_request  # returns an awaitable response
     assert list(inspect.signature(send).parameters)[:1] == ["request"], "the generated client changed _send_request"
     assert isinstance(container.api_version, str)
+
+
+def test_queue_clients_settings_are_where_the_event_sources_set_them() -> None:
+    """The Azure queue client's backoff (set like the blob client's), and the Pub/Sub transport
+    that takes a plain gRPC channel (emulators)."""
+    from azure.storage.queue import QueueClient
+    from google.pubsub_v1 import SubscriberClient
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    client = QueueClient("http://127.0.0.1:1/a", "q", credential={"account_name": "a", "account_key": "a2V5"})
+    for name in ("initial_backoff", "increment_base", "random_jitter_range"):
+        assert hasattr(client._config.retry_policy, name), f"azure-storage-queue moved retry_policy.{name}"
+    assert "channel" in inspect.signature(SubscriberGrpcTransport).parameters
+    for method in ("pull", "acknowledge", "modify_ack_deadline", "get_subscription"):
+        assert callable(getattr(SubscriberClient, method, None)), f"google-cloud-pubsub lost {method}"
 
 
 def test_aiobotocore_sessions_take_refreshable_credentials() -> None:
