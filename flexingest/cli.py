@@ -260,6 +260,18 @@ def validate(pipelines: tuple[str, ...]) -> None:
             _config_errors(path, exc.issues)
             continue
         click.echo(f"{path}: valid ({len(p.connectors)} connector(s), {len(p.syncs)} sync(s))", err=True)
+        if p.executor.type != "threads":
+            from .executors import split_steps
+
+            for sync in [None, *p.syncs]:
+                calls = p.steps_for(sync)
+                if not calls or (sync is not None and sync.steps is None):
+                    continue
+                n = split_steps(calls)
+                where = f"sync {sync.name}" if sync is not None else "top-level steps"
+                click.echo(f"  {where}: on the {p.executor.type} workers: "
+                           f"{', '.join(c.name for c in calls[:n]) or '-'}; on this process (the coordinator): "
+                           f"{', '.join(c.name for c in calls[n:]) or '-'}", err=True)
     _exit(EXIT_INVALID if bad else EXIT_OK)
 
 
@@ -324,9 +336,12 @@ def test(pipeline: str, connectors: tuple[str, ...]) -> None:
               help='A FlexOrch request body: {"source": {"connector_id": 42, "keys": [...]}} ("-": stdin).')
 @click.option("--sync", "sync_name", metavar="NAME",
               help="Use this sync's steps and record the outcome in its state.")
+@click.option("--executor", "executor_spec", metavar="SPEC",
+              help="Where the steps run: threads, processes[:N], dask[:N] (a local cluster) or "
+                   "dask:tcp://HOST:PORT; overrides the pipeline's executor:.")
 @_common
 def process(pipeline: str, keys: tuple[str, ...], connector_ref: str | None, request_file: Any,
-            sync_name: str | None) -> None:
+            sync_name: str | None, executor_spec: str | None) -> None:
     """Process exactly these keys now, whether or not they were processed before.
 
     Uses the top-level steps, or those of --sync NAME (whose state then records the
@@ -357,20 +372,24 @@ def process(pipeline: str, keys: tuple[str, ...], connector_ref: str | None, req
     stop = StopToken()
     state = _state_or_exit(p) if sync is not None else State(":memory:")
     _verify_or_exit(state)
+    executor = _executor_or_exit(p, executor_spec)
     restore = _signals(stop)
     bar = _progress_factory()("process")
     try:
-        result = process_keys(p, connector_ref, list(keys), sync=sync, state=state, stop=stop, on_progress=bar)
+        result = process_keys(p, connector_ref, list(keys), sync=sync, state=state, stop=stop, on_progress=bar,
+                              executor=executor)
     finally:
         restore()
         if bar:
             bar.close()
         state.close()
+        if executor is not None:
+            executor.close()
     outcomes = {o.key: o for o in result.outcomes}
     connector = p.connector(connector_ref).name
     for key in dict.fromkeys(keys):
         o = outcomes.get(key)
-        status = "skipped" if o and o.status == "done" and o.error else (o.status if o else "not processed")
+        status = o.status if o else "not processed"
         click.echo(json.dumps({"connector": connector, "key": key, "version": o.version if o else None,
                                "status": status, "error": o.error if o and status != "done" else None},
                               ensure_ascii=False))
@@ -407,8 +426,12 @@ def _parse_request(stream: Any) -> tuple[str, tuple[str, ...]]:
                    "filtered, done, dead) on stdout; change nothing.")
 @click.option("--grace", default="30s", show_default=True, metavar="DURATION",
               help="On SIGTERM/SIGINT, how long objects in flight may take to finish.")
+@click.option("--executor", "executor_spec", metavar="SPEC",
+              help="Where the steps run: threads, processes[:N], dask[:N] (a local cluster) or "
+                   "dask:tcp://HOST:PORT; overrides the pipeline's executor:.")
 @_common
-def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: str) -> None:
+def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: str,
+        executor_spec: str | None) -> None:
     """Run the syncs: as a service on their schedules, or --once.
 
     The service makes a first pass of every sync at start, then follows each sync's
@@ -438,6 +461,7 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
     if dry_run:
         _dry_run(p, syncs)
     stop = StopToken(grace_seconds)
+    executor = _executor_or_exit(p, executor_spec)
     lock = _lock_or_exit(p)
     restore = _signals(stop)
     from . import children
@@ -446,17 +470,19 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
         state = _state_or_exit(p)  # refuse a bad state file before anything starts
         if once:
             with state:
-                code = _run_once(p, syncs, stop, state)
+                code = _run_once(p, syncs, stop, state, executor)
         else:
             _verify_or_exit(state)  # the service checks the file once, before its first pass
             state.close()
             from .runner import serve
 
-            healthy = serve(p, syncs, stop, _report, progress=_progress_factory())
+            healthy = serve(p, syncs, stop, _report, progress=_progress_factory(), executor=executor)
             code = EXIT_OK if healthy else EXIT_FAILED
     finally:
         restore()
         children.end()  # programs of steps still running after the grace time: TERM, then KILL
+        if executor is not None:
+            executor.close()
         lock.release()
     if stop.is_set():
         log.info("stopped")
@@ -465,7 +491,17 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
     _exit(code)
 
 
-def _run_once(p: Pipeline, syncs: list[Sync], stop: StopToken, state: Any) -> int:
+def _executor_or_exit(p: Pipeline, spec: str | None) -> Any:
+    """The pipeline's executor (or --executor's); None for threads."""
+    from .executors import make_executor
+
+    try:
+        return make_executor(p, spec)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--executor") from None
+
+
+def _run_once(p: Pipeline, syncs: list[Sync], stop: StopToken, state: Any, executor: Any = None) -> int:
     from .sync import run_pass
 
     failed = False
@@ -475,7 +511,7 @@ def _run_once(p: Pipeline, syncs: list[Sync], stop: StopToken, state: Any) -> in
             break
         bar = progress(sync.name)
         try:
-            result = run_pass(p, sync, state, stop=stop, on_progress=bar)
+            result = run_pass(p, sync, state, stop=stop, on_progress=bar, executor=executor)
         finally:
             if bar:
                 bar.close()

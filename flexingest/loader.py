@@ -241,7 +241,7 @@ def load_pipeline(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
     leaves variables of connectors, steps and events unexpanded when they are not set.
     """
     try:
-        return _load(path, env, need_secrets)
+        return _load(path, env, need_secrets, None)
     except ConfigError as exc:
         if all(i.field.isprintable() and i.message.isprintable() for i in exc.issues):
             raise
@@ -250,7 +250,18 @@ def load_pipeline(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
                            for i in exc.issues]) from None
 
 
-def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, need_secrets: bool) -> Any:
+def load_pipeline_text(text: str, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Any:
+    """A pipeline from its text, as if read from ``path`` (a worker rebuilding the
+    coordinator's pipeline: relative paths resolve against ``path``'s folder)."""
+    try:
+        return _load(path, env, True, text.encode("utf-8"))
+    except ConfigError as exc:
+        raise ConfigError([dataclasses.replace(i, field=printable(i.field), message=printable(i.message))
+                           for i in exc.issues]) from None
+
+
+def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, need_secrets: bool,
+          raw: bytes | None) -> Any:
     from .config import model_for
 
     file = str(path)
@@ -260,8 +271,9 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, need_secr
         return ConfigError([ConfigIssue(file, line, col, "", message)])
 
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)  # never more: the path may be a huge file, or /dev/zero
+        if raw is None:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_BYTES + 1)  # never more: the path may be a huge file, or /dev/zero
     except FileNotFoundError:
         raise fail("no such file") from None
     except IsADirectoryError:

@@ -68,4 +68,8 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE objects_new RENAME TO objects;
         CREATE INDEX objects_by_status ON objects (sync, status) WHERE status != 'done';
     """),
+    # which executor ran a pass (threads, processes, dask): status says it
+    ("0003_runs_executor", """
+        ALTER TABLE runs ADD COLUMN executor TEXT
+    """),
 ]

@@ -22,6 +22,7 @@ from .sync import PassResult, ProgressCallback, StopToken, run_pass
 
 if TYPE_CHECKING:
     from .config import Cron, Every, Pipeline, Sync
+    from .executors import Executor
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,10 @@ class Service:
 
     def __init__(self, pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
                  on_result: Callable[[PassResult], None] = lambda result: None,
-                 progress: Callable[[str], ProgressCallback | None] = lambda name: None) -> None:
+                 progress: Callable[[str], ProgressCallback | None] = lambda name: None,
+                 executor: Executor | None = None) -> None:
         self.pipeline, self.syncs, self.stop = pipeline, syncs, stop
+        self.executor = executor  # one pool or cluster connection for the service's life
         self.on_result, self.progress = on_result, progress
         self.storages = Storages(pipeline)
         self.failures: list[str] = []
@@ -118,7 +121,7 @@ class Service:
                 with State(self.pipeline.state_path, check=False) as state:  # checked once, at start
                     result = run_pass(self.pipeline, sync, state, stop=self.stop,
                                       on_progress=self.progress(sync.name),
-                                      storage=self.storages.get(sync.connector))
+                                      storage=self.storages.get(sync.connector), executor=self.executor)
                 self.on_result(result)
                 return result
             except StateError as exc:  # the state file cannot take more: stop the service, loudly
@@ -154,8 +157,9 @@ class Service:
             scheduler.add_job(self.run_pass, trigger_for(sync.schedule), args=[sync], id=sync.name, name=sync.name,
                               next_run_time=start)
         scheduler.start()
-        log.info("running %d sync(s): %s", len(self.syncs), ", ".join(
-            f"{s.name} ({_describe(s)})" for s in self.syncs))
+        log.info("running %d sync(s): %s%s", len(self.syncs), ", ".join(
+            f"{s.name} ({_describe(s)})" for s in self.syncs),
+            f"; steps on {self.executor.describe()}" if self.executor is not None else "")
         try:
             while not self.stop.wait(1.0):
                 pass
@@ -173,9 +177,10 @@ class Service:
 
 def serve(pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
           on_result: Callable[[PassResult], None],
-          progress: Callable[[str], ProgressCallback | None] = lambda name: None) -> bool:
+          progress: Callable[[str], ProgressCallback | None] = lambda name: None,
+          executor: Executor | None = None) -> bool:
     """Run ``syncs`` on their schedules until ``stop`` is requested (see :class:`Service`)."""
-    return Service(pipeline, syncs, stop, on_result, progress).serve()
+    return Service(pipeline, syncs, stop, on_result, progress, executor).serve()
 
 
 def _said_by_us(record: logging.LogRecord) -> bool:

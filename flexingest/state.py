@@ -511,15 +511,15 @@ class State:
 
     # ------------------------------------------------------------------ runs and status
 
-    def start_run(self, sync: str, kind: str, started_at: str | None = None) -> int:
+    def start_run(self, sync: str, kind: str, started_at: str | None = None, *, executor: str | None = None) -> int:
         """Record the start of a pass. Its caller holds the state lock, so a run of this sync
         that never recorded its end belongs to a process that died (kill -9, power loss)."""
         with self.transaction() as db:
             db.execute("""UPDATE runs SET result = 'killed', ended_at = NULL,
                           error = 'the process stopped before it recorded the end of this pass'
                           WHERE sync = ? AND ended_at IS NULL AND result IS NULL""", (sync,))
-            cur = db.execute("INSERT INTO runs (sync, kind, started_at) VALUES (?, ?, ?)",
-                             (sync, kind, started_at or now_iso()))
+            cur = db.execute("INSERT INTO runs (sync, kind, started_at, executor) VALUES (?, ?, ?, ?)",
+                             (sync, kind, started_at or now_iso(), executor))
             return int(cur.lastrowid or 0)
 
     def finish_run(self, run_id: int, counts: dict[str, int], result: str, error: str | None = None) -> None:

@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -75,6 +75,9 @@ class Step:
     """
 
     Options: ClassVar[type[StepOptions]] = StepOptions
+    #: where the step may run with a process or Dask executor: "worker" (per object, anywhere), or
+    #: "coordinator" (it appends to one shared output); it and the steps after it run on the coordinator
+    runs_on: ClassVar[str] = "worker"
 
     def __init__(self, options: StepOptions, context: StepContext) -> None:
         self.options = options
@@ -91,7 +94,7 @@ class Step:
         """Release what the step holds. Called once, after its last ``process``."""
 
 
-def run_steps(steps: list[Step], record: Record, source: Source) -> list[Record]:
+def run_steps(steps: Sequence[Step], record: Record, source: Source) -> list[Record]:
     """Run one object through ``steps`` in order; returns the final record(s)."""
     for step in steps:
         result = step.process(record, source)
