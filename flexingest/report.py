@@ -82,7 +82,8 @@ def status_lines(report: dict[str, Any], mask: Any = lambda text: text) -> Itera
         last = e["last_run"]
         shown = printable(name)
         if last and last["ended_at"]:
-            yield (f"  {shown}: last run listed {last['listed']}, new {last['new']}, changed {last['changed']}, "
+            on = f" on {last['executor']}" if last.get("executor") else ""
+            yield (f"  {shown}: last run{on} listed {last['listed']}, new {last['new']}, changed {last['changed']}, "
                    f"done {last['done']}, failed {last['failed']}, dead {last['dead']}, gone {last['gone']}"
                    + (f"; {printable(mask(last['error']))}" if last["error"] else ""))
         elif last and last["result"] == "killed":

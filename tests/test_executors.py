@@ -83,6 +83,8 @@ def test_the_contract_holds_with_other_executors(kind: str, executor: str, new_s
     lines = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
     assert sorted(r["key"] for r in lines) == ["a.txt", "a.txt", "b.txt", "c.txt", "e.txt", "sub/d.txt"], \
         "write_jsonl ran on the coordinator with the records the workers sent back"
+    status = run_flexingest("status", path)
+    assert f"docs: last run on {executor.split(':')[0]} (" in status.stdout, status.stdout
     third = run_flexingest("run", path, "--once", "--executor", executor, env=S3_ENV)
     assert "listed 5, new 0, changed 0, retried 0, done 0" in third.stderr, "nothing left: no cluster needed"
     assert "Scheduler at" not in third.stderr
