@@ -72,4 +72,18 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0003_runs_executor", """
         ALTER TABLE runs ADD COLUMN executor TEXT
     """),
+    # bucket events: what each sync's queue brought, and what its reconciliation listings found
+    # that the events had missed
+    ("0004_events", """
+        CREATE TABLE event_stats (
+            sync TEXT PRIMARY KEY,
+            since TEXT NOT NULL,
+            messages INTEGER NOT NULL DEFAULT 0,
+            objects INTEGER NOT NULL DEFAULT 0,
+            last_message_at TEXT,
+            last_event_at TEXT,
+            lag_seconds REAL
+        );
+        ALTER TABLE runs ADD COLUMN missed INTEGER
+    """),
 ]

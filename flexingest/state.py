@@ -414,6 +414,46 @@ class State:
         """Every listed key with its class and, for filtered keys, why (``--dry-run``)."""
         yield from self.db.execute("SELECT reason, key, skip FROM temp.todo ORDER BY rowid")
 
+    def mark_keys_gone(self, sync: str, keys: Iterable[str]) -> int:
+        """These objects were deleted (a bucket event said so): marked gone, never reprocessed."""
+        keys = list(keys)
+        if not keys:
+            return 0
+        now = now_iso()
+        with self.transaction() as db:
+            return sum(db.execute("""UPDATE objects SET gone_at = ?, updated_at = ? WHERE sync = ? AND key = ?
+                                     AND gone_at IS NULL""", (now, now, sync, key)).rowcount for key in keys)
+
+    def note_events(self, sync: str, messages: int, objects: int, last_event_at: str | None,
+                    lag_seconds: float | None) -> None:
+        """Count what a batch of bucket events brought (``status`` shows it)."""
+        now = now_iso()
+        with self.transaction() as db:
+            db.execute("""INSERT INTO event_stats (sync, since, messages, objects, last_message_at, last_event_at,
+                                                   lag_seconds) VALUES (?, ?, ?, ?, ?, ?, ?)
+                          ON CONFLICT (sync) DO UPDATE SET messages = messages + excluded.messages,
+                              objects = objects + excluded.objects, last_message_at = excluded.last_message_at,
+                              last_event_at = coalesce(excluded.last_event_at, last_event_at),
+                              lag_seconds = coalesce(excluded.lag_seconds, lag_seconds)""",
+                       (sync, now, messages, objects, now if messages else None, last_event_at, lag_seconds))
+
+    def event_stats(self) -> dict[str, dict[str, Any]]:
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'event_stats'").fetchone():
+            return {}  # a state file of a flexingest before events (status reads, never migrates)
+        return {r["sync"]: {k: r[k] for k in r.keys() if k != "sync"}
+                for r in self.db.execute("SELECT * FROM event_stats")}
+
+    def missed_by_events(self, since: str, before: float) -> int:
+        """Of the last plan, the new and changed objects modified after events were consumed
+        (``since``, ISO) and before ``before`` (epoch seconds): what events did not announce."""
+        from datetime import datetime
+
+        start = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
+        row = self.db.execute("""SELECT count(*) FROM temp.todo WHERE reason IN ('new', 'changed')
+                                 AND modified IS NOT NULL AND modified > ? AND modified < ?""",
+                              (start, before)).fetchone()
+        return int(row[0])
+
     def would_be_gone(self, sync: str) -> Iterator[str]:
         """The keys :meth:`mark_gone` would mark (``--dry-run``)."""
         if not self._gone_possible:
@@ -523,7 +563,7 @@ class State:
             return int(cur.lastrowid or 0)
 
     def finish_run(self, run_id: int, counts: dict[str, int], result: str, error: str | None = None) -> None:
-        cols = ("listed", "new", "changed", "done", "failed", "dead", "gone")
+        cols = ("listed", "new", "changed", "done", "failed", "dead", "gone", "missed")
         with self.transaction() as db:
             db.execute(f"""UPDATE runs SET ended_at = ?, result = ?, error = ?,
                            {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?""",

@@ -39,6 +39,8 @@ from .steps import Step
 
 if TYPE_CHECKING:
     from .config import Pipeline, Sync
+    from .events.base import Message
+    from .events.messages import ObjectEvent
     from .executors import Executor, WorkerSpec
 
 __all__ = ["PassResult", "ProgressCallback", "StopToken", "build_steps", "process_keys", "run_pass"]
@@ -56,6 +58,7 @@ class PassResult:
     error: str | None = None
     interrupted: bool = False
     outcomes: list[Outcome] = field(default_factory=list)  # filled by `process` only
+    kind: str = "pass"  # or "events": objects a batch of bucket events announced
 
     @property
     def ok(self) -> bool:
@@ -64,9 +67,13 @@ class PassResult:
     def summary(self) -> str:
         c = self.counts
         skipped = f", skipped {c['skipped']}" if c.get("skipped") else ""
-        text = (f"{self.sync}: listed {c.get('listed', 0)}, new {c.get('new', 0)}, changed {c.get('changed', 0)}, "
+        head = (f"{self.sync}: events: {c.get('messages', 0)} message(s), {c.get('listed', 0)} object(s)"
+                if self.kind == "events" else f"{self.sync}: listed {c.get('listed', 0)}")
+        text = (f"{head}, new {c.get('new', 0)}, changed {c.get('changed', 0)}, "
                 f"retried {c.get('retry', 0)}, done {c.get('done', 0)}{skipped}, failed {c.get('failed', 0)}, "
                 f"dead {c.get('dead', 0)}, gone {c.get('gone', 0)} in {self.seconds:.1f}s")
+        if "missed" in c:
+            text += f"; missed by events {c['missed']}"
         if self.interrupted:
             text += " (stopped early: the rest is processed on the next pass)"
         if self.error:
@@ -126,6 +133,8 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
                         on_explain("gone", key, "no longer listed: would be marked gone")
             return result
         state.unmark_gone(sync.name)  # listed again: back (before objects gone meanwhile are marked)
+        if sync.events is not None and listing_complete:
+            _count_missed(state, sync, counts)
         if plan.to_process and not result.interrupted:
             log.info("%s: %d to process (%d new, %d changed, %d to retry) of %d listed", sync.name,
                      plan.to_process, counts["new"], counts["changed"], counts["retry"], counts["listed"])
@@ -230,6 +239,112 @@ def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], 
     finally:
         close_steps(steps)
         result.seconds = time.monotonic() - started
+    return result
+
+
+MISSED_SLACK = 120.0  # seconds: an object newer than this may still be on its way through the queue
+
+
+def _count_missed(state: State, sync: Sync, counts: dict[str, int]) -> None:
+    """The reconciliation of a sync with events: objects new or changed in the listing although
+    they were written while events were being consumed: the notifications missed them."""
+    since = state.event_stats().get(sync.name, {}).get("since")
+    if since is None:
+        return  # events never consumed yet: this listing is the backfill
+    counts["missed"] = state.missed_by_events(since, time.time() - MISSED_SLACK)
+    if counts["missed"]:
+        log.warning("%s: the reconciliation listing found %d object(s) that events did not announce: check the "
+                    "bucket's notifications to the queue", sync.name, counts["missed"])
+
+
+def process_events(pipeline: Pipeline, sync: Sync, state: State, messages: list[Message], *,
+                   storage: Storage | None = None, stop: StopToken | None = None,
+                   executor: Executor | None = None, on_progress: ProgressCallback | None = None) -> PassResult:
+    """The objects a batch of bucket-event messages names, through the same diff and steps as a pass.
+
+    Each created object is looked at now (a notification may be stale, or the object gone
+    since); the diff then decides as for a listing: a duplicate event, or one for a version
+    already processed, processes nothing. Deleted objects are marked gone. A message is
+    acknowledged once every object it names is committed (done, failed, skipped or filtered);
+    one with an object left in flight (a stop) is not, and is delivered again.
+    """
+    started = time.monotonic()
+    result = PassResult(sync.name, kind="events")
+    counts = result.counts
+    counts["messages"] = len(messages)
+    redact = redactor(pipeline)
+    steps: list[Step] = []
+    unsettled: set[str] = set()
+    usable = [m for m in messages if m.events]
+    try:
+        for m in messages:
+            if m.invalid_reason:
+                log.warning("%s: message %s is not a bucket notification (%s); it is left to the queue (its "
+                            "dead-letter policy)", sync.name, m.id, m.invalid_reason)
+        latest: dict[str, ObjectEvent] = {}
+        for m in usable:
+            for event in m.events:
+                if event.key.startswith(sync.prefix) and not event.key.endswith("/"):
+                    latest[event.key] = event  # in order of arrival: the last word on a key wins
+        if storage is None:
+            storage = open_connector(pipeline.connector(sync.connector), pipeline.base_dir)
+        created = [k for k, e in latest.items() if e.kind == "created"]
+        deleted = [k for k, e in latest.items() if e.kind == "deleted"]
+        infos: list[ObjectInfo] = []
+        with ThreadPoolExecutor(max_workers=max(1, min(sync.concurrency, len(created) or 1))) as pool:
+            for key, info, error in pool.map(lambda k: _lookup(storage, k), created):
+                if info is not None:
+                    infos.append(info)
+                elif isinstance(error, ObjectGone):
+                    deleted.append(key)  # created, then deleted before we looked
+                else:
+                    unsettled.add(key)
+                    log.warning("%s: %s", sync.name, error)
+        if infos:
+            steps, spec = _steps_for(pipeline, sync, storage.name, executor)
+            now = time.time()
+            state.begin_listing()
+            state.add_listing([(*i, sync.skip_reason(i.key, i.size, None if i.modified is None else now - i.modified))
+                               for i in infos])
+            plan = state.plan(sync.name, ignore_changes=sync.on_change == "ignore")
+            counts.update({k: plan.counts.get(k, 0) for k in ("new", "changed", "retry")})
+            counts["listed"] = len(infos)
+            if plan.to_process:
+                kept: list[Outcome] = []
+                committer = Committer(state, sync.name, steps, sync.max_attempts, counts, kept)
+                processing = _processing(storage, steps, spec, committer, executor, record_as=sync.name,
+                                         concurrency=sync.concurrency, total=plan.to_process, stop=stop,
+                                         on_progress=on_progress, redact=redact)
+                planned = [row["key"] for batch in state.planned() for row in batch]
+                complete = processing.run(state.planned())
+                committed = {o.key for o in kept}
+                unsettled.update(k for k in planned if k not in committed)
+                if processing.breaker.tripped:
+                    result.error = redact(processing.breaker.reason or "")
+                result.interrupted = not complete and not processing.breaker.tripped
+        counts["gone"] += state.mark_keys_gone(sync.name, deleted)
+        times = [e.time for e in latest.values() if e.time is not None]
+        last = max(times) if times else None
+        state.note_events(sync.name, len(messages), len(latest),
+                          last.isoformat(timespec="seconds").replace("+00:00", "Z") if last else None,
+                          max(0.0, time.time() - last.timestamp()) if last else None)
+    except StateError:
+        raise
+    except FlexingestError as exc:
+        result.error = redact(str(exc))
+        unsettled.update(latest if "latest" in dir() else ())
+    finally:
+        close_steps(steps)
+        result.seconds = time.monotonic() - started
+    settle = [m for m in messages if m.ignored_reason or (m.events and not any(
+        e.key in unsettled for e in m.events))]
+    if result.error is None or settle:
+        try:
+            if settle:
+                settle[0].source.ack_all(settle)
+        except FlexingestError as exc:
+            log.warning("%s: %s (those messages come again; what they name is already recorded)", sync.name, exc)
+    counts["acked"] = len(settle)
     return result
 
 
