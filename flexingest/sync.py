@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from .connectors import ObjectInfo, Source, Storage, _translate, open_connector
 from .exceptions import FlexingestError, ObjectGone, ObjectSkipped, StateError, StepError
 from .state import Outcome, State, now_iso
-from .steps import Step, StepContext
+from .steps import Step, StepContext, run_steps
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -181,11 +181,7 @@ def process_object(storage: Storage, steps: list[Step], info: ObjectInfo, sync: 
             "size": info.size, "modified": _iso(info.modified), "text": None, "metadata": {},
         }
         try:
-            for step in steps:
-                result = step.process(record, source)
-                if not isinstance(result, dict):
-                    raise StepError(f"step {type(step).__name__} returned {type(result).__name__}, not a record")
-                record = result
+            run_steps(steps, record, source)
             if source.read_version not in (None, info.version) and restarts < 2:
                 # overwritten since the listing: what was read is newer than what was listed,
                 # so process it again as that version, so that the record and the state agree

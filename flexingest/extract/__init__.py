@@ -108,7 +108,7 @@ def extract(stream: IO[bytes], key: str, settings: Settings, *, content_type: st
         result.metadata["compression"] = compression
         return result
     kind = detect.detect(stream, key, content_type)
-    if kind is None or kind not in READERS:
+    if kind is None or kind not in READERS or (kind == "image" and settings.ocr == "never"):
         raise UnsupportedType(kind)
     if kind in detect.RANDOM_ACCESS and size is not None and size > settings.max_bytes:
         raise UnprocessableObject(

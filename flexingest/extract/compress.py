@@ -48,7 +48,7 @@ def inner_name(key: str, compression: str) -> str:
 def open_decompressor(stream: IO[bytes], compression: str) -> IO[bytes]:
     """A reader of the decompressed bytes (for zstd, the ``zstandard`` package is needed)."""
     if compression == "gzip":
-        return gzip.GzipFile(fileobj=stream, mode="rb")
+        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
     if compression == "bzip2":
         return bz2.BZ2File(stream, "rb")
     if compression == "xz":
@@ -71,7 +71,7 @@ def decompressed(stream: IO[bytes], compression: str, limit: int) -> Iterator[IO
     with tempfile.SpooledTemporaryFile(max_size=SPOOL, prefix="flexingest-") as spool:
         copy_bounded(open_decompressor(stream, compression), spool, limit, compression)
         spool.seek(0)
-        yield spool  # type: ignore[misc]
+        yield spool
 
 
 def copy_bounded(reader: IO[bytes], out: IO[bytes], limit: int, what: str) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import email
 import email.policy
 import email.utils
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from typing import IO, Any
 
 from ..exceptions import UnprocessableObject
@@ -53,7 +53,7 @@ def read_eml(stream: IO[bytes], settings: Settings) -> Extracted:
     return Extracted(text.strip(), metadata)
 
 
-def _content(part: EmailMessage) -> str:
+def _content(part: MIMEPart) -> str:
     try:
         content = part.get_content()
     except (LookupError, UnicodeDecodeError, ValueError):  # an unknown or wrong charset

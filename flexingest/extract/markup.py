@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 from html.parser import HTMLParser
-from typing import IO, Any
+from typing import IO, Any, cast
 from xml.etree import ElementTree
 
 from ..exceptions import UnprocessableObject
@@ -96,12 +96,15 @@ def read_xml(stream: IO[bytes], settings: Settings) -> Extracted:
             pass
     lines: list[str] = []
     root = ""
-    parser = ElementTree.XMLPullParser(events=("start", "end"))
+    parser: ElementTree.XMLPullParser[ElementTree.Element] = ElementTree.XMLPullParser(events=("start", "end"))
     try:
         # the declaration would name an encoding the text no longer has: parse it as text
         parser.feed(_strip_declaration(source))
         parser.close()
-        for event, element in parser.read_events():
+        for item in parser.read_events():
+            event, element = cast("tuple[str, object]", item)
+            if not isinstance(element, ElementTree.Element):
+                continue
             if event == "start":
                 if not root:
                     root = element.tag.rsplit("}", 1)[-1]

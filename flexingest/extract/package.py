@@ -48,8 +48,9 @@ def check_members(members: list[zipfile.ZipInfo], limit: int, what: str) -> None
             raise UnprocessableObject(f"{what} expands to more than max_decompressed ({limit} bytes): refused as a "
                                       "possible zip bomb")
         if info.file_size > SMALL and info.file_size > MAX_RATIO * max(info.compress_size, 1):
-            raise UnprocessableObject(f"{what} member {info.filename!r} expands {info.file_size // max(info.compress_size, 1)}"
-                                      f" times ({info.compress_size} -> {info.file_size} bytes): refused as a zip bomb")
+            ratio = info.file_size // max(info.compress_size, 1)
+            raise UnprocessableObject(f"{what} member {info.filename!r} expands {ratio} times ({info.compress_size} -> "
+                                      f"{info.file_size} bytes): refused as a zip bomb")
         if info.flag_bits & 0x1:
             raise UnprocessableObject(f"{what} is encrypted (member {info.filename!r}): it cannot be read "
                                       "without its password, on retry either")

@@ -28,7 +28,7 @@ def read_rtf(stream: IO[bytes], settings: Settings) -> Extracted:
     source = raw.decode("cp1252", "replace")
     encoding = _codepage(source)
     try:
-        text = rtf_to_text(source, encoding=encoding, errors="replace")
+        text = rtf_to_text(source, encoding=encoding, errors="replace")  # type: ignore[no-untyped-call]
     except (ValueError, IndexError, LookupError) as exc:
         raise UnprocessableObject(f"cannot read RTF: {exc}; the object's bytes will not change on retry") from None
     metadata: dict[str, Any] = {}
@@ -36,7 +36,8 @@ def read_rtf(stream: IO[bytes], settings: Settings) -> Extracted:
     if info >= 0:
         for name, value in _INFO.findall(source[info: info + 20000]):
             field = _FIELDS[name]
-            decoded = rtf_to_text("{\\rtf1 " + value + "}", encoding=encoding, errors="replace").strip()
+            decoded = rtf_to_text("{\\rtf1 " + value + "}", encoding=encoding,  # type: ignore[no-untyped-call]
+                                  errors="replace").strip()
             if decoded and field not in metadata:
                 metadata[field] = clean_value(decoded)
     return Extracted(text, metadata)

@@ -22,6 +22,7 @@ _HINTS = {
     "zip": "a zip archive: put an `unpack` step before extract_text to read its members",
     "tar": "a tar archive: put an `unpack` step before extract_text to read its members",
     "ole": "a legacy binary Office file (.doc/.xls/.ppt) or an encrypted Office document",
+    "image": "an image, whose text needs OCR (ocr: auto, with tesseract installed)",
 }
 
 
