@@ -314,12 +314,14 @@ def test_utf16_without_bom_and_boms_under_any_extension(tmp_path: Path, write_pi
     words = "Grüße aus Zürich: Lieferung 42 ist angekommen.\n"
     (folder / "le.txt").write_bytes(words.encode("utf-16-le"))
     (folder / "be.txt").write_bytes(words.encode("utf-16-be"))
-    (folder / "bom.xml").write_bytes(b"\xff\xfe" + '<?xml version="1.0"?><note><to>Tove</to></note>'.encode("utf-16-le"))
+    xml = '<?xml version="1.0"?><note><to>Tove</to></note>'
+    (folder / "bom.xml").write_bytes(b"\xff\xfe" + xml.encode("utf-16-le"))
     (folder / "bom.dat").write_bytes(b"\xef\xbb\xbf" + words.encode())
     (folder / "utf32.txt").write_bytes(words.encode("utf-32"))
     result, records = extract(tmp_path, write_pipeline, cli, folder)
     assert result.code == 0, result.stderr
-    for key, encoding in (("le.txt", "utf-16-le"), ("be.txt", "utf-16-be"), ("bom.dat", "utf-8"), ("utf32.txt", "utf-32")):
+    for key, encoding in (("le.txt", "utf-16-le"), ("be.txt", "utf-16-be"), ("bom.dat", "utf-8"),
+                          ("utf32.txt", "utf-32")):
         assert records[key]["text"] == words, key
         assert records[key]["metadata"]["encoding"] == encoding, key
     assert records["bom.xml"]["text"] == "Tove" and records["bom.xml"]["metadata"]["type"] == "xml"

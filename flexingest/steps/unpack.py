@@ -3,7 +3,8 @@
 Each member goes through the steps after ``unpack`` with the key
 ``<archive key>!/<member path>``, the archive's connector, sync and version, and
 ``metadata.archive`` (the archive's key) and ``metadata.member``. The archive type comes
-from the content; any other object passes through unchanged.
+from the content; any other object (zip-based documents included: DOCX, XLSX, ODT, EPUB
+...) passes through unchanged.
 
 Bounds: ``max_members``, ``max_member_size`` and ``max_total_size`` (of what the members
 expand to, checked before a byte is decompressed where the archive declares sizes, and
@@ -124,7 +125,11 @@ class Unpack(Step):
         head = stream.read(512)
         stream.seek(0)
         if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-            return "zip"
+            from ..extract.detect import _zip_kind
+
+            kind = _zip_kind(stream)  # a DOCX, XLSX, ODT or EPUB is a document, not an archive
+            stream.seek(0)
+            return "zip" if kind == "zip" else None
         if len(head) >= 262 and head[257:262] == b"ustar":
             return "tar"
         compression = compress.detect(stream, "")
