@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 AZURITE := tests/emulators/node_modules/.bin/azurite-blob
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo test test-fast lint install clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ $(AZURITE): tests/emulators/package.json
 
 install: $(VENV)/.installed
 
+# OCR and PDF tests run the real programs: Tesseract, Poppler's pdftotext, zip (encrypted members)
+DEBIAN_PACKAGES := tesseract-ocr poppler-utils zip
+system-deps:
+	@command -v tesseract >/dev/null && command -v pdftotext >/dev/null && command -v zip >/dev/null || \
+	  { apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null && apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; }; }
+
 demo: $(VENV)/.installed
 	$(BIN)/flexingest run pipelines/demo.yaml --once
 
@@ -34,10 +41,10 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check flexingest tests benchmarks
 	$(BIN)/mypy
 
-test: lint $(AZURITE)
+test: lint $(AZURITE) system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: lint $(AZURITE)
+test-fast: lint $(AZURITE) system-deps
 	$(BIN)/pytest $(PYTEST_ARGS) -m 'not slow'
 
 clean:

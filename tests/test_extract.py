@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import shutil
+import subprocess
+import sys
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -373,3 +378,32 @@ def test_corrupt_office_files_fail_clearly(tmp_path: Path, write_pipeline: Calla
     assert "cut.docx failed: unsupported type" in result.stderr or "cut.docx failed: cannot read" in result.stderr
     assert "cut.epub failed:" in result.stderr
     assert records == {}
+
+
+def test_pdf_text_has_the_words_pdftotext_finds() -> None:
+    from flexingest.extract import Settings
+    from flexingest.extract import extract as extract_object
+
+    for name in ("pdflatex-outline.pdf", "crazyones.pdf", "metadata.pdf"):
+        reference = subprocess.run(["pdftotext", "-enc", "UTF-8", str(DATA / name), "-"], capture_output=True,
+                                   check=True).stdout.decode()
+        ours = extract_object(io.BytesIO((DATA / name).read_bytes()), name, Settings()).text
+        words = re.findall(r"\w+", unicodedata.normalize("NFKC", reference))
+        found = set(re.findall(r"\w+", ours))
+        share = sum(1 for w in words if w in found) / len(words)
+        assert share > 0.97, (name, share)
+
+
+@pytest.mark.parametrize(("module", "name", "data"), [
+    ("striprtf", "x.rtf", (DATA / "sample.rtf").read_bytes()),
+    ("zstandard", "x.txt.zst", b"\x28\xb5\x2f\xfd" + bytes(16)),
+])
+def test_a_missing_optional_library_names_the_install(module: str, name: str, data: bytes, tmp_path: Path) -> None:
+    (tmp_path / name).write_bytes(data)
+    probe = (f"import sys; sys.modules[{module!r}] = None; sys.modules[{module + '.striprtf'!r}] = None\n"
+             "from flexingest.extract import Settings, extract\n"
+             f"try:\n    extract(open({str(tmp_path / name)!r}, 'rb'), {name!r}, Settings())\n"
+             "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith(f"needs the {module} package: pip install 'flexingest[documents]'"), out
+    assert out.startswith("StepError ")
