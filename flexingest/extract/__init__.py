@@ -13,7 +13,9 @@ is gzip / bz2 / xz / zstd (bounded), finds its type from its content first
     rtf         rtf.py      striprtf
     html, xml, markdown     markup.py
     text, csv, json         text.py     decoded while streaming (UTF-8/16/32, BOM or not)
-    png, jpeg, tiff, ...    ocr.py      Tesseract, as a child process
+    png, jpeg, tiff         ocr.py      Tesseract, as a child process
+
+``package.py`` opens the zip-based formats with bounds on what their members expand to.
 
 A reader's library is imported when the first object of its type arrives. Every failure
 that trying again cannot cure raises :class:`~flexingest.exceptions.UnprocessableObject`.
@@ -155,11 +157,6 @@ def clean_value(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): clean_value(v) for k, v in value.items()}
     return value
-
-
-def cut(parts: list[str], settings: Settings) -> bool:
-    """True once the joined ``parts`` exceed ``max_chars``: readers stop there."""
-    return sum(len(p) for p in parts) > settings.max_chars
 
 
 def join_pages(pages: list[str], separator: str = "\n\n") -> tuple[str, list[int]]:

@@ -175,15 +175,14 @@ def windows_1252(data: bytes) -> bool:
 
 def _sniff_text(text: str, head: bytes) -> str:
     start = text.lstrip()[:1024].lower()
-    if start.startswith("<!doctype html") or start.startswith("<html") or "<html" in start[:512] and \
-            start.startswith(("<?xml", "<!--")):
+    if start.startswith(("<!doctype html", "<html")):
         return "html"
-    if start.startswith("<?xml") or (start.startswith("<") and not start.startswith("<!doctype")
-                                      and re.match(r"<[a-z_][\w.:-]*[\s>/]", start) is not None
-                                      and start.rstrip().endswith(">")):
-        return "xml"
+    if start.startswith(("<?xml", "<!--")):
+        return "html" if "<html" in start[:512] else "xml"
     if start.startswith("<!doctype"):
-        return "html" if "html" in start[:20] else "xml"
+        return "xml"
+    if re.match(r"<[a-z_][\w.:-]*[\s>/]", start) and start.rstrip().endswith(">"):
+        return "xml"
     if _EMAIL_HEADER.match(head) and b"\n\n" in head.replace(b"\r\n", b"\n"):
         lines = head.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].split(b"\n")
         if len(lines) >= 2 and all(_EMAIL_HEADER.match(line) or line[:1] in (b" ", b"\t") or

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import IO, Any
 from urllib.parse import unquote
+from xml.etree import ElementTree
 
 from ..exceptions import UnprocessableObject
 from . import Extracted, Settings, clean_value, join_pages
-from .markup import html_to_text
+from .markup import html_to_text, xhtml_to_text
 from .package import exists, open_package, parse, resolve
 
 CONTAINER = "{urn:oasis:names:tc:opendocument:xmlns:container}"
@@ -45,7 +46,11 @@ def read_epub(stream: IO[bytes], settings: Settings) -> Extracted:
             path = resolve(opf_path, unquote(href.split("#", 1)[0]))
             if media not in HTML_TYPES or not exists(zf, path):
                 continue
-            text, _ = html_to_text(zf.read(path).decode("utf-8", "replace"))
+            data = zf.read(path)
+            try:
+                text, _ = xhtml_to_text(data)
+            except ElementTree.ParseError:  # HTML entities without their DTD, or not XML at all
+                text, _ = html_to_text(data.decode("utf-8", "replace"))
             if text.strip():
                 chapters.append(text)
                 total += len(text)

@@ -66,6 +66,34 @@ def html_to_text(html: str) -> tuple[str, str]:
     return parser.text(), parser.title
 
 
+def xhtml_to_text(data: bytes) -> tuple[str, str]:
+    """(text, title) of well-formed XHTML, parsed by expat (several times faster than
+    :class:`HTMLText`); ElementTree.ParseError when it is not well-formed XML."""
+    root = ElementTree.fromstring(data)
+    parts: list[str] = []
+    title = ""
+
+    def walk(element: ElementTree.Element) -> None:
+        nonlocal title
+        tag = element.tag.rsplit("}", 1)[-1].lower() if isinstance(element.tag, str) else ""
+        if tag == "title":
+            title = title or "".join(element.itertext()).strip()
+        if tag in HTMLText.SKIP:
+            parts.append(element.tail or "")
+            return
+        block = tag in HTMLText.BLOCK
+        parts.append("\n" if block else ("\t" if tag in ("td", "th") else ""))
+        parts.append(element.text or "")
+        for child in element:
+            walk(child)
+        parts.append("\n" if block else "")
+        parts.append(element.tail or "")
+
+    walk(root)
+    lines = (" ".join(line.split()) for line in "".join(parts).splitlines())
+    return "\n".join(line for line in lines if line), title
+
+
 def read_html(stream: IO[bytes], settings: Settings) -> Extracted:
     result = decode(stream, settings)
     text, title = html_to_text(result.text)
