@@ -407,3 +407,16 @@ def test_a_missing_optional_library_names_the_install(module: str, name: str, da
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith(f"needs the {module} package: pip install 'flexingest[documents]'"), out
     assert out.startswith("StepError ")
+
+
+def test_validate_and_help_import_no_format_library(tmp_path: Path) -> None:
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("version: 1\nconnectors:\n  - {name: docs, type: local, config: {path: .}}\n"
+                        "steps: [unpack, {extract_text: {ocr: never}}, chunk]\n")
+    probe = ("import sys\nfrom click.testing import CliRunner\nfrom flexingest.cli import cli\n"
+             f"assert CliRunner().invoke(cli, ['validate', {str(pipeline)!r}]).exit_code == 0\n"
+             "CliRunner().invoke(cli, ['--help'])\n"
+             "print(sorted(m for m in ('pypdfium2', 'striprtf', 'zstandard', 'PIL') "
+             "if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

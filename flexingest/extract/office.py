@@ -77,7 +77,8 @@ def read_docx(stream: IO[bytes], settings: Settings) -> Extracted:
 def _word_part(zf: zipfile.ZipFile, name: str, settings: Settings, *, notes: bool = False) -> str:
     """The paragraphs of one WordprocessingML part; tables a row a line, cells by tabs."""
     lines: list[str] = []
-    current: list[str] = []
+    paragraphs: list[list[str]] = [[]]  # open paragraphs: a text box's paragraphs sit inside one
+    current = paragraphs[-1]
     cells: list[list[str]] = []  # one list of cell texts per open table row (nested tables)
     cell_text: list[list[str]] = []
     count = 0
@@ -85,13 +86,13 @@ def _word_part(zf: zipfile.ZipFile, name: str, settings: Settings, *, notes: boo
         for event, el in ElementTree.iterparse(xml, events=("start", "end")):
             tag = el.tag
             if event == "start":
-                if tag == f"{W}tr":
+                if tag == f"{W}p":
+                    paragraphs.append([])
+                    current = paragraphs[-1]
+                elif tag == f"{W}tr":
                     cells.append([])
                 elif tag == f"{W}tc":
                     cell_text.append([])
-                elif notes and tag in (f"{W}footnote", f"{W}endnote") and el.get(f"{W}type") in (
-                        "separator", "continuationSeparator", "continuationNotice"):
-                    current = []
                 continue
             if tag == f"{W}t" and el.text:
                 current.append(el.text)
@@ -102,8 +103,8 @@ def _word_part(zf: zipfile.ZipFile, name: str, settings: Settings, *, notes: boo
             elif tag == f"{W}noBreakHyphen":
                 current.append("-")
             elif tag == f"{W}p":
-                paragraph = "".join(current)
-                current = []
+                paragraph = "".join(paragraphs.pop())
+                current = paragraphs[-1]
                 el.clear()
                 if cell_text:
                     cell_text[-1].append(paragraph)

@@ -39,10 +39,10 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "flexingest.steps"
 
 BUILTIN_STEPS: dict[str, str] = {
+    "chunk": "flexingest.steps.chunk:Chunk",
     "command": "flexingest.steps.command:Command",
     "copy": "flexingest.steps.copy:Copy",
     "extract_text": "flexingest.steps.extract_text:ExtractText",
-    "chunk": "flexingest.steps.chunk:Chunk",
     "python": "flexingest.steps.python:Python",
     "unpack": "flexingest.steps.unpack:Unpack",
     "webhook": "flexingest.steps.webhook:Webhook",
