@@ -81,6 +81,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             messages INTEGER NOT NULL DEFAULT 0,
             objects INTEGER NOT NULL DEFAULT 0,
             last_message_at TEXT,
+            last_checked_at TEXT,
             last_event_at TEXT,
             lag_seconds REAL
         );

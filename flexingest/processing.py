@@ -60,6 +60,11 @@ class StopToken:
     def is_set(self) -> bool:
         return self._event.is_set()
 
+    @property
+    def event(self) -> threading.Event:
+        """Set with the stop: for what waits on an event (an event source's long poll)."""
+        return self._event
+
     def wait(self, timeout: float | None = None) -> bool:
         return self._event.wait(timeout)
 

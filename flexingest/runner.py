@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 from .connectors import Storage, open_connector
-from .exceptions import StateError
+from .exceptions import FlexingestError, StateError
 from .state import State
 from .sync import PassResult, ProgressCallback, StopToken, run_pass
 
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .executors import Executor
 
 log = logging.getLogger(__name__)
+
+EVENTS_RETRY = 60  # seconds before a failing queue is tried again
 
 
 def trigger_for(schedule: Every | Cron) -> Any:
@@ -109,6 +111,9 @@ class Service:
         self.storages = Storages(pipeline)
         self.failures: list[str] = []
         self._running = _Running()
+        # a sync's listing pass and its events never run at once: they diff the same objects
+        self._sync_locks = {s.name: threading.Lock() for s in syncs}
+        self._listed = {s.name: threading.Event() for s in syncs}  # its first pass (the backfill) ended
         self._overrun_said: set[str] = set()  # syncs whose running pass already had its "still running" line
 
     def run_pass(self, sync: Sync) -> PassResult | None:
@@ -116,7 +121,7 @@ class Service:
         if self.stop.is_set():
             return None
         self._overrun_said.discard(sync.name)
-        with self._running:
+        with self._running, self._sync_locks.setdefault(sync.name, threading.Lock()):
             try:
                 with State(self.pipeline.state_path, check=False) as state:  # checked once, at start
                     result = run_pass(self.pipeline, sync, state, stop=self.stop,
@@ -130,7 +135,48 @@ class Service:
                 self.stop.request()
             except Exception:  # noqa: BLE001 - the service outlives one bad pass
                 log.exception("%s: the pass failed unexpectedly; the next one runs on schedule", sync.name)
+            finally:
+                self._listed.setdefault(sync.name, threading.Event()).set()
         return None
+
+    def consume_events(self, sync: Sync) -> None:
+        """The events of ``sync``, as they arrive, until the stop (a thread per sync with events).
+
+        Starts after the sync's first pass (the backfill listing). A queue that fails (missing,
+        denied, unreachable for long) is said once and tried again a minute later.
+        """
+        from .events import open_event_source
+        from .sync import process_events
+
+        while not self._listed[sync.name].wait(1.0):
+            if self.stop.is_set():
+                return
+        while not self.stop.is_set():
+            source = None
+            try:
+                source = open_event_source(self.pipeline, sync)
+                log.info("%s: consuming %s", sync.name, source.describe())
+                for batch in source.batches(self.stop.event):
+                    with source.keep_alive(batch), self._running, self._sync_locks[sync.name]:
+                        with State(self.pipeline.state_path, check=False) as state:
+                            result = process_events(self.pipeline, sync, state, batch,
+                                                    storage=self.storages.get(sync.connector), stop=self.stop,
+                                                    executor=self.executor)
+                    if result.counts.get("listed") or result.counts.get("gone") or result.error:
+                        self.on_result(result)
+            except StateError as exc:
+                log.error("%s; stopping the service", exc)
+                self.failures.append(str(exc))
+                self.stop.request()
+            except FlexingestError as exc:
+                log.error("%s: events: %s; trying again in %ds", sync.name, exc, EVENTS_RETRY)
+                self.stop.wait(EVENTS_RETRY)
+            except Exception:  # noqa: BLE001 - the service outlives a bad batch
+                log.exception("%s: events failed unexpectedly; trying again in %ds", sync.name, EVENTS_RETRY)
+                self.stop.wait(EVENTS_RETRY)
+            finally:
+                if source is not None:
+                    source.close()
 
     def _still_running(self, event: Any) -> None:
         if event.job_id in self._overrun_said:
@@ -157,6 +203,10 @@ class Service:
             scheduler.add_job(self.run_pass, trigger_for(sync.schedule), args=[sync], id=sync.name, name=sync.name,
                               next_run_time=start)
         scheduler.start()
+        for sync in self.syncs:
+            if sync.events is not None:
+                threading.Thread(target=self.consume_events, args=[sync], name=f"flexingest-events-{sync.name}",
+                                 daemon=True).start()
         log.info("running %d sync(s): %s%s", len(self.syncs), ", ".join(
             f"{s.name} ({_describe(s)})" for s in self.syncs),
             f"; steps on {self.executor.describe()}" if self.executor is not None else "")

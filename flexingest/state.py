@@ -426,16 +426,19 @@ class State:
 
     def note_events(self, sync: str, messages: int, objects: int, last_event_at: str | None,
                     lag_seconds: float | None) -> None:
-        """Count what a batch of bucket events brought (``status`` shows it)."""
+        """Count what a receive from a sync's queue brought, none included (``status`` shows it;
+        the reconciliation counts as missed what changed before the last receive)."""
         now = now_iso()
         with self.transaction() as db:
-            db.execute("""INSERT INTO event_stats (sync, since, messages, objects, last_message_at, last_event_at,
-                                                   lag_seconds) VALUES (?, ?, ?, ?, ?, ?, ?)
+            db.execute("""INSERT INTO event_stats (sync, since, messages, objects, last_message_at, last_checked_at,
+                                                   last_event_at, lag_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                           ON CONFLICT (sync) DO UPDATE SET messages = messages + excluded.messages,
-                              objects = objects + excluded.objects, last_message_at = excluded.last_message_at,
+                              objects = objects + excluded.objects,
+                              last_message_at = coalesce(excluded.last_message_at, last_message_at),
+                              last_checked_at = excluded.last_checked_at,
                               last_event_at = coalesce(excluded.last_event_at, last_event_at),
                               lag_seconds = coalesce(excluded.lag_seconds, lag_seconds)""",
-                       (sync, now, messages, objects, now if messages else None, last_event_at, lag_seconds))
+                       (sync, now, messages, objects, now if messages else None, now, last_event_at, lag_seconds))
 
     def event_stats(self) -> dict[str, dict[str, Any]]:
         if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'event_stats'").fetchone():
@@ -444,6 +447,7 @@ class State:
                 for r in self.db.execute("SELECT * FROM event_stats")}
 
     def missed_by_events(self, since: str, before: float) -> int:
+        # ``since``, ``before``: the first receive of events, and the last receive minus their lateness
         """Of the last plan, the new and changed objects modified after events were consumed
         (``since``, ISO) and before ``before`` (epoch seconds): what events did not announce."""
         from datetime import datetime

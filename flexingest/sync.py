@@ -242,16 +242,17 @@ def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], 
     return result
 
 
-MISSED_SLACK = 120.0  # seconds: an object newer than this may still be on its way through the queue
-
-
 def _count_missed(state: State, sync: Sync, counts: dict[str, int]) -> None:
     """The reconciliation of a sync with events: objects new or changed in the listing although
-    they were written while events were being consumed: the notifications missed them."""
-    since = state.event_stats().get(sync.name, {}).get("since")
-    if since is None:
+    they changed while events were consumed, longer than ``lateness`` before the last receive
+    from the queue: the notifications missed them (or the queue dropped them)."""
+    from datetime import datetime
+
+    stats = state.event_stats().get(sync.name, {})
+    if not stats.get("since") or not stats.get("last_checked_at") or sync.events is None:
         return  # events never consumed yet: this listing is the backfill
-    counts["missed"] = state.missed_by_events(since, time.time() - MISSED_SLACK)
+    checked = datetime.fromisoformat(stats["last_checked_at"].replace("Z", "+00:00")).timestamp()
+    counts["missed"] = state.missed_by_events(stats["since"], checked - sync.events.lateness.total_seconds())
     if counts["missed"]:
         log.warning("%s: the reconciliation listing found %d object(s) that events did not announce: check the "
                     "bucket's notifications to the queue", sync.name, counts["missed"])
@@ -288,6 +289,7 @@ def process_events(pipeline: Pipeline, sync: Sync, state: State, messages: list[
                     latest[event.key] = event  # in order of arrival: the last word on a key wins
         if storage is None:
             storage = open_connector(pipeline.connector(sync.connector), pipeline.base_dir)
+        counts["listed"] = len(latest)  # the objects the messages name
         created = [k for k, e in latest.items() if e.kind == "created"]
         deleted = [k for k, e in latest.items() if e.kind == "deleted"]
         infos: list[ObjectInfo] = []
@@ -308,7 +310,6 @@ def process_events(pipeline: Pipeline, sync: Sync, state: State, messages: list[
                                for i in infos])
             plan = state.plan(sync.name, ignore_changes=sync.on_change == "ignore")
             counts.update({k: plan.counts.get(k, 0) for k in ("new", "changed", "retry")})
-            counts["listed"] = len(infos)
             if plan.to_process:
                 kept: list[Outcome] = []
                 committer = Committer(state, sync.name, steps, sync.max_attempts, counts, kept)
