@@ -250,8 +250,9 @@ def test_azure_event_grid_events_through_a_storage_queue(new_store: Callable[[st
     queue = queue_client(azure_queue_server, name)
     queue.create_queue()
     account_url = f"{store.server.url}/{AZURITE_ACCOUNT}"
+    endpoint = f"{azure_queue_server.url}/{AZURITE_ACCOUNT}"
     path = pipeline(write_pipeline, tmp_path, azure_connector(store.server, store.bucket),
-                    {"type": "azure_queue", "queue": name, "endpoint_url": f"{azure_queue_server.url}/{AZURITE_ACCOUNT}"})
+                    {"type": "azure_queue", "queue": name, "endpoint_url": endpoint})
     store.put("old.txt", b"old")
     assert run_flexingest("run", path, "--once").code == 0  # the backfill
     from azure.storage.blob import BlobServiceClient
