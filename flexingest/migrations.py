@@ -87,4 +87,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         ALTER TABLE runs ADD COLUMN missed INTEGER
     """),
+    # the length of each write_jsonl file as of the last commit: what follows it is cut on open
+    ("0005_outputs", """
+        CREATE TABLE outputs (
+            path TEXT PRIMARY KEY,
+            length INTEGER NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+    """),
 ]
