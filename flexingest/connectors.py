@@ -999,18 +999,32 @@ class LocalStorage(Storage):
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-STORAGES: dict[str, type[Storage]] = {
-    "azure_blob": AzureBlobStorage,
+#: connector type -> its storage class, or "module:Class" imported on first use. S3 and Azure
+#: sources list and read through obstore (``connectors_obstore.py``); their ``fs`` is still s3fs
+#: and adlfs, for destinations.
+STORAGES: dict[str, type[Storage] | str] = {
+    "azure_blob": "flexingest.connectors_obstore:ObstoreAzureBlobStorage",
     "gcs": GCSStorage,
     "local": LocalStorage,
-    "s3": S3Storage,
+    "s3": "flexingest.connectors_obstore:ObstoreS3Storage",
 }
+
+
+def storage_class(kind: str) -> type[Storage]:
+    cls = STORAGES[kind]
+    if isinstance(cls, str):
+        import importlib
+
+        module, _, name = cls.partition(":")
+        cls = STORAGES[kind] = getattr(importlib.import_module(module), name)
+    assert isinstance(cls, type) and issubclass(cls, Storage)
+    return cls
 
 
 def open_connector(connector: ConnectorBase, base_dir: Path, *, fast_fail: bool = False) -> Storage:
     timeout = getattr(connector.config, "timeout", None)  # type: ignore[attr-defined]
     kwargs = {"timeout": timeout.total_seconds()} if timeout is not None else {}
-    return STORAGES[connector.type](connector, base_dir, fast_fail=fast_fail, **kwargs)  # type: ignore[attr-defined]
+    return storage_class(connector.type)(connector, base_dir, fast_fail=fast_fail, **kwargs)  # type: ignore[attr-defined]
 
 
 def test_connector(connector: ConnectorBase, base_dir: Path) -> dict[str, Any]:
