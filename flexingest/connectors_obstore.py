@@ -363,9 +363,10 @@ class _ObstoreSource(Storage):
                         info = ObjectInfo(key, _version(meta["e_tag"]), meta["size"], _timestamp(meta["last_modified"]))
                         (empty if info.size == 0 else page).append(info)
                     if empty:  # "key" and a placeholder "key/" both list as "key": keep one
-                        kept = [o for o in self._not_markers(empty) if o.key not in seen_empty]
-                        seen_empty.update(o.key for o in kept)
-                        page.extend(kept)
+                        for o in self._not_markers(empty):
+                            if o.key not in seen_empty:
+                                seen_empty.add(o.key)
+                                page.append(o)
                     page.sort(key=lambda o: o.key)
                     if not put(page) or past:
                         break
