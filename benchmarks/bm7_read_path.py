@@ -29,6 +29,7 @@ import shutil
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -45,7 +46,6 @@ from _common import (  # noqa: E402
     ensure_peers,
     fill,
     fmt_count,
-    int_list,
     key_name,
     kinds_list,
     log,
@@ -72,6 +72,89 @@ def median_cpu(runs: list[tuple[Measurement, float | None]]) -> tuple[Measuremen
     return ordered[(len(ordered) - 1) // 2]
 
 
+def run_backend(kind: str, args: Any, work: Path, rows: list[tuple[str, ...]],
+                measurements: list[Measurement]) -> None:
+    """Every row of one server."""
+    server = start_server(kind)
+    peers = Peers(kind, server, work)
+    store = new_store(kind, server, work)
+    fill(store, ((key_name(i, prefix="l/"), payload(64, i)) for i in range(args.list_count)), args.list_count)
+    fill(store, ((key_name(i, prefix="g/"), payload(args.get_size, i)) for i in range(args.get_count)),
+         args.get_count)
+    folder = work / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    pipeline = write_pipeline(folder, kind, connector_config(store), steps=noop_steps(folder))
+    where = SERVER_NAMES[kind]
+
+    def python_row(client: str, op: str) -> None:
+        n = args.list_count if op == "list" else args.get_count
+        prefix = "l/" if op == "list" else "g/"
+        runs = []
+        for _ in range(args.repeat):
+            m = measure(f"{where} {client} {op}", [PYTHON, CLIENT, f"{client}-{op}", pipeline, prefix,
+                                                   args.concurrency], env=clean_env(), server=server,
+                        timeout=args.timeout)
+            out = json.loads(m.stdout.strip().splitlines()[-1])
+            if out["keys"] != n:
+                raise RuntimeError(f"{m.label}: {out['keys']} keys, expected {n}")
+            runs.append((m, float(out["cpu"])))
+        m, op_cpu = median_cpu(runs)
+        measurements.extend(r[0] for r in runs)
+        per = 1000 * (op_cpu or 0) / n * (1000 if op == "list" else 1)
+        rows.append((where, op, LABELS[client], fmt_count(n), f"{op_cpu:.3f}", f"{m.cpu:.3f}",
+                     f"{m.server_cpu or 0:.2f}", f"{per:.2f}"))
+
+    def peer_row(label: str, op: str, argv: list[str], env: dict[str, str], shown: dict[str, str],
+                 listing_cpu: float = 0.0, out: Path | None = None) -> float:
+        n = args.list_count if op == "list" else args.get_count
+        runs = []
+        for _ in range(args.repeat):
+            m = measure(f"{where} {label}", argv, env=env, env_shown=shown, server=server, timeout=args.timeout)
+            if out is not None:
+                if count_files(out) != n:
+                    raise RuntimeError(f"{label}: {count_files(out)} files, expected {n}")
+                shutil.rmtree(out, ignore_errors=True)
+            elif m.stdout_lines() != n:
+                raise RuntimeError(f"{label}: {m.stdout_lines()} lines, expected {n}")
+            runs.append((m, None))
+        m = median_cpu(runs)[0]
+        measurements.extend(r[0] for r in runs)
+        cpu = m.cpu - listing_cpu
+        per = 1000 * cpu / n * (1000 if op == "list" else 1)
+        shown_label = label + (" (less its listing)" if listing_cpu else "")
+        rows.append((where, op, shown_label, fmt_count(n), "-", f"{m.cpu:.3f}", f"{m.server_cpu or 0:.2f}",
+                     f"{per:.2f}"))
+        return m.cpu
+
+    for op in ("list", "get"):
+        for client in PYTHON_CLIENTS[op]:
+            if args.only is None or client in args.only:
+                log(f"{where}: {client} {op}")
+                python_row(client, op)
+        env, shown = peers.rclone_env()
+        src = peers.rclone_path(store.bucket)
+        if op == "list":
+            peer_row("rclone lsf -R", op, peers.rclone("lsf", "-R", "--files-only", f"{src}/l"), env, shown)
+            if kind == "s3":
+                e5, s5 = peers.s5cmd_env()
+                peer_row("s5cmd ls", op, peers.s5("ls", f"s3://{store.bucket}/l/*"), e5, s5)
+        else:
+            out = work / "out"
+            listing = statistics.median(measure("rclone lsf g/", peers.rclone(
+                "lsf", "-R", "--files-only", f"{src}/g"), env=env, server=server).cpu for _ in range(args.repeat))
+            peer_row(f"rclone copy --transfers {args.concurrency}", op,
+                     peers.rclone("copy", "--transfers", str(args.concurrency), f"{src}/g", str(out)),
+                     env, shown, listing, out)
+            if kind == "s3":
+                e5, s5 = peers.s5cmd_env()
+                listing = statistics.median(measure("s5cmd ls g/", peers.s5("ls", f"s3://{store.bucket}/g/*"),
+                                                    env=e5, server=server).cpu for _ in range(args.repeat))
+                peer_row(f"s5cmd cp --numworkers {args.concurrency}", op,
+                         peers.s5("--numworkers", str(args.concurrency), "cp", f"s3://{store.bucket}/g/*",
+                                  f"{out}/"), e5, s5, listing, out)
+    server.stop()
+
+
 def main() -> int:
     parser = base_parser(__doc__)
     parser.add_argument("--backends", type=kinds_list, default=["s3", "azure_blob"], help="s3,azure (default both)")
@@ -93,84 +176,7 @@ def main() -> int:
     rows: list[tuple[str, ...]] = []
     measurements: list[Measurement] = []
     for kind in args.backends:
-        server = start_server(kind)
-        peers = Peers(kind, server, work)
-        store = new_store(kind, server, work)
-        fill(store, ((key_name(i, prefix="l/"), payload(64, i)) for i in range(args.list_count)), args.list_count)
-        fill(store, ((key_name(i, prefix="g/"), payload(args.get_size, i)) for i in range(args.get_count)),
-             args.get_count)
-        folder = work / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        pipeline = write_pipeline(folder, kind, connector_config(store), steps=noop_steps(folder))
-        where = SERVER_NAMES[kind]
-
-        def python_row(client: str, op: str) -> None:
-            n = args.list_count if op == "list" else args.get_count
-            prefix = "l/" if op == "list" else "g/"
-            runs = []
-            for _ in range(args.repeat):
-                m = measure(f"{where} {client} {op}", [PYTHON, CLIENT, f"{client}-{op}", pipeline, prefix,
-                                                       args.concurrency], env=clean_env(), server=server,
-                            timeout=args.timeout)
-                out = json.loads(m.stdout.strip().splitlines()[-1])
-                if out["keys"] != n:
-                    raise RuntimeError(f"{m.label}: {out['keys']} keys, expected {n}")
-                runs.append((m, float(out["cpu"])))
-            m, op_cpu = median_cpu(runs)
-            measurements.extend(r[0] for r in runs)
-            per = 1000 * (op_cpu or 0) / n * (1000 if op == "list" else 1)
-            rows.append((where, op, LABELS[client], fmt_count(n), f"{op_cpu:.3f}", f"{m.cpu:.3f}",
-                         f"{m.server_cpu or 0:.2f}", f"{per:.2f}"))
-
-        def peer_row(label: str, op: str, argv: list[str], env: dict[str, str], shown: dict[str, str],
-                     listing_cpu: float = 0.0, out: Path | None = None) -> float:
-            n = args.list_count if op == "list" else args.get_count
-            runs = []
-            for _ in range(args.repeat):
-                m = measure(f"{where} {label}", argv, env=env, env_shown=shown, server=server, timeout=args.timeout)
-                if out is not None:
-                    if count_files(out) != n:
-                        raise RuntimeError(f"{label}: {count_files(out)} files, expected {n}")
-                    shutil.rmtree(out, ignore_errors=True)
-                elif m.stdout_lines() != n:
-                    raise RuntimeError(f"{label}: {m.stdout_lines()} lines, expected {n}")
-                runs.append((m, None))
-            m = median_cpu(runs)[0]
-            measurements.extend(r[0] for r in runs)
-            cpu = m.cpu - listing_cpu
-            per = 1000 * cpu / n * (1000 if op == "list" else 1)
-            shown_label = label + (" (less its listing)" if listing_cpu else "")
-            rows.append((where, op, shown_label, fmt_count(n), "-", f"{m.cpu:.3f}", f"{m.server_cpu or 0:.2f}",
-                         f"{per:.2f}"))
-            return m.cpu
-
-        for op in ("list", "get"):
-            for client in PYTHON_CLIENTS[op]:
-                if args.only is None or client in args.only:
-                    log(f"{where}: {client} {op}")
-                    python_row(client, op)
-            env, shown = peers.rclone_env()
-            src = peers.rclone_path(store.bucket)
-            if op == "list":
-                peer_row("rclone lsf -R", op, peers.rclone("lsf", "-R", "--files-only", f"{src}/l"), env, shown)
-                if kind == "s3":
-                    e5, s5 = peers.s5cmd_env()
-                    peer_row("s5cmd ls", op, peers.s5("ls", f"s3://{store.bucket}/l/*"), e5, s5)
-            else:
-                out = work / "out"
-                listing = statistics.median(measure("rclone lsf g/", peers.rclone(
-                    "lsf", "-R", "--files-only", f"{src}/g"), env=env, server=server).cpu for _ in range(args.repeat))
-                peer_row(f"rclone copy --transfers {args.concurrency}", op,
-                         peers.rclone("copy", "--transfers", str(args.concurrency), f"{src}/g", str(out)),
-                         env, shown, listing, out)
-                if kind == "s3":
-                    e5, s5 = peers.s5cmd_env()
-                    listing = statistics.median(measure("s5cmd ls g/", peers.s5("ls", f"s3://{store.bucket}/g/*"),
-                                                        env=e5, server=server).cpu for _ in range(args.repeat))
-                    peer_row(f"s5cmd cp --numworkers {args.concurrency}", op,
-                             peers.s5("--numworkers", str(args.concurrency), "cp", f"s3://{store.bucket}/g/*",
-                                      f"{out}/"), e5, s5, listing, out)
-        server.stop()
+        run_backend(kind, args, work, rows, measurements)
 
     report.table("CPU of the client (op CPU s: the operation alone, inside the process; process CPU s: the whole "
                  "process; ms per: per 1,000 keys listed, or per GET)",

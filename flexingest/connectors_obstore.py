@@ -90,6 +90,14 @@ _CAUSES = {"TimedOut": "timed out", "IncompleteMessage": "connection closed befo
 _SAS = re.compile(r"\b(sig|se|st|sp|sv|sr|srt|ss|spr|skoid|sktid|skt|ske|sks|skv)=[^&\s\"'<>]+", re.IGNORECASE)
 
 
+#: service error codes that say the credentials are wrong, or the service is busy, whatever the status
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+           "AuthorizationFailure", "AuthenticationFailed", "TokenRefreshRequired", "InvalidClientTokenId",
+           "UnrecognizedClientException", "AllAccessDisabled", "AuthorizationPermissionMismatch"}
+_BUSY = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable",
+         "ServerBusy", "OperationTimedOut"}
+
+
 def _status(text: str) -> int | None:
     found = _STATUS.search(text)
     return int(found.group(1) or found.group(2)) if found else None
@@ -129,10 +137,13 @@ def translate(exc: BaseException, what: str, missing: type[StorageError],
         if service_code in ("NoSuchBucket", "ContainerNotFound") or missing is BucketNotFound:
             return BucketNotFound(f"{what}: bucket or container not found")
         return missing(f"{what}: object not found (deleted after listing?)")
-    if isinstance(exc, (oe.PermissionDeniedError, oe.UnauthenticatedError)) or status in (401, 403):
+    if (isinstance(exc, (oe.PermissionDeniedError, oe.UnauthenticatedError)) or status in (401, 403)
+            or service_code in _DENIED):
         return AccessDenied(f"{what}: access denied ({detail})")
+    if "Invalid Access Key" in text:  # an account key that is not base64: refused before any request
+        return AccessDenied(f"{what}: access denied (the account key is not a valid key)")
     if status is not None:
-        if status in (408, 429) or status >= 500:
+        if status in (408, 429) or status >= 500 or service_code in _BUSY:
             return TransientStorageError(f"{what}: {detail}")
         return StorageError(f"{what}: {detail}")
     if kind == "Connect":
