@@ -322,6 +322,8 @@ class _ObstoreSource(Storage):
         if prefix and not prefix.endswith("/"):
             folder = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
             offset = prefix[:-1] if len(prefix) > len(folder) + 1 else None
+            if offset is not None and not addressable(offset):  # e.g. "." before "x" of ".x"
+                offset = None
         last = None
         try:
             for page in self._pages(folder, offset, prefix, page_size):

@@ -397,3 +397,15 @@ def test_a_missing_obstore_names_the_install(new_store: Callable[[str], Store], 
     with pytest.raises(FlexingestError) as caught:
         listed(storage)
     assert str(caught.value).startswith("connector type 's3' needs the obstore package: pip install 'flexingest[s3]'")
+
+
+def test_a_bucket_region_is_found_from_the_bucket(new_store: Callable[[str], Store]) -> None:
+    """Without ``region`` (and no endpoint), the bucket's region comes from one HEAD request."""
+    from flexingest.connectors_obstore import bucket_region
+
+    store = new_store("s3")
+    assert store.server is not None
+    name = store.bucket + "-eu"
+    store.fs.call_s3("create_bucket", Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    assert bucket_region(f"{store.server.url}/{name}") == "eu-west-1"
+    assert bucket_region(f"http://127.0.0.1:{free_port()}/{name}", timeout=2) is None
