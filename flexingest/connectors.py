@@ -9,9 +9,7 @@ Backend errors are translated once, here, by :func:`storage_errors`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import email.utils
 import errno
 import io
 import os
@@ -35,6 +33,8 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
+    import asyncio
+
     from fsspec import AbstractFileSystem
 
     from .config import ConnectorBase
@@ -276,6 +276,8 @@ class Storage:
                 sync(loop, _cancel, task)
 
     async def _start_listing(self, prefix: str, page_size: int) -> tuple[asyncio.Queue[Any], asyncio.Task[None]]:
+        import asyncio  # imported here: the obstore, GCS-less and local passes never need it
+
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=PREFETCH)
 
         async def stream(under: str, *, delimiter: bool, nested_only: bool = False) -> list[str]:
@@ -503,6 +505,8 @@ def _parse_timestamp(value: str) -> datetime:
     except ValueError:
         pass
     try:
+        import email.utils
+
         parsed = email.utils.parsedate_to_datetime(value)
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
     except (TypeError, ValueError):
@@ -847,6 +851,8 @@ class AzureBlobStorage(Storage):
             (empty if info.size == 0 else objects).append(info)
         subs = [name_of(p) for p in root.iter("BlobPrefix")]
         if empty:  # folder markers of hierarchical accounts are empty blobs with hdi_isfolder metadata
+            import asyncio
+
             markers = await asyncio.gather(*(self._is_folder_marker(container, o.key) for o in empty))
             objects.extend(o for o, marker in zip(empty, markers) if not marker)
         return objects, subs, root.findtext("NextMarker") or None
