@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 AZURITE := tests/emulators/node_modules/.bin/azurite-blob
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo test test-fast lint install clean system-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,20 @@ $(AZURITE): tests/emulators/package.json
 	npm install --prefix tests/emulators --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Debian packages the tests drive (command:package); installed only when the command is missing
+# java: the Pub/Sub emulator (shipped with the Google Cloud CLI, used by tests/test_events.py) runs on it
+# tesseract, pdftotext, zip: OCR, the PDF reference and encrypted zip members (tests/test_ocr.py, ...)
+SYSTEM_TOOLS := systemd-analyze:systemd setpriv:util-linux logger:bsdutils java:openjdk-17-jre-headless \
+	tesseract:tesseract-ocr pdftotext:poppler-utils zip:zip
+
+system-tools:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (Debian packages the tests use)"; \
+		apt-get install -y -q $$missing >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; }; \
+	fi
+
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -34,10 +48,10 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check flexingest tests benchmarks
 	$(BIN)/mypy
 
-test: lint $(AZURITE)
+test: lint $(AZURITE) system-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: lint $(AZURITE)
+test-fast: lint $(AZURITE) system-tools
 	$(BIN)/pytest $(PYTEST_ARGS) -m 'not slow'
 
 clean:

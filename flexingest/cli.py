@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import sys
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
@@ -54,26 +53,51 @@ def _exit(code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _json_logs() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.meta.get("log_format") == "json"
+
+
+def _say_error(message: str, **fields: Any) -> None:
+    """An error line on stderr: plain text, or one JSON object with --log-format json."""
+    from .console import error_json, secret_filter
+
+    message = secret_filter.mask(message)
+    click.echo(error_json(message, **fields) if _json_logs() else message, err=True)
+
+
 def _fail(message: str, code: int) -> NoReturn:
     from .console import secret_filter
 
-    click.echo(f"error: {secret_filter.mask(message)}", err=True)
+    message = secret_filter.mask(message)
+    if _json_logs():
+        _say_error(message, exit_code=code)
+    else:
+        click.echo(f"error: {message}", err=True)
     _exit(code)
 
 
-def _load(path: str) -> Pipeline:
+def _config_errors(path: str, issues: list[Any]) -> None:
+    for issue in issues:
+        if _json_logs():
+            _say_error(str(issue), file=issue.file, line=issue.line, column=issue.column, field=issue.field,
+                       problem=issue.message)
+        else:
+            click.echo(str(issue), err=True)
+
+
+def _load(path: str, *, need_secrets: bool = True) -> Pipeline:
     from .console import add_secrets
     from .exceptions import ConfigError
     from .loader import load_pipeline
 
     _init_logging()
     try:
-        pipeline: Pipeline = load_pipeline(path)
+        pipeline: Pipeline = load_pipeline(path, need_secrets=need_secrets)
     except ConfigError as exc:
-        for issue in exc.issues:
-            click.echo(str(issue), err=True)
+        _config_errors(path, exc.issues)
         n = len(exc.issues)
-        click.echo(f"{path}: {n} error{'s' if n != 1 else ''}", err=True)
+        _say_error(f"{path}: {n} error{'s' if n != 1 else ''}", exit_code=EXIT_INVALID)
         _exit(EXIT_INVALID)
     add_secrets(pipeline.secrets())
     return pipeline
@@ -100,7 +124,10 @@ def _signals(stop: StopToken) -> Callable[[], None]:
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():
+            from . import children
+
             log.warning("second %s: stopping now", signal.Signals(signum).name)
+            children.end(wait=0.5)  # no program started by a step outlives flexingest
             logging.shutdown()
             os._exit(128 + signum)
         log.warning("%s: finishing objects in flight (up to %gs; send again to stop now)",
@@ -116,12 +143,12 @@ def _signals(stop: StopToken) -> Callable[[], None]:
     return restore
 
 
-def _state_or_exit(pipeline: Pipeline, *, create: bool = True) -> Any:
+def _state_or_exit(pipeline: Pipeline, *, create: bool = True, readonly: bool = False) -> Any:
     from .exceptions import StateError
     from .state import State
 
     try:
-        return State(pipeline.state_path, create=create)
+        return State(pipeline.state_path, create=create, readonly=readonly)
     except StateError as exc:
         _fail(str(exc), EXIT_FAILED)
 
@@ -139,7 +166,7 @@ def _verify_or_exit(state: Any) -> None:
 
 def _lock_or_exit(pipeline: Pipeline) -> Any:
     from .exceptions import StateLocked
-    from .state import StateLock
+    from .lock import StateLock
 
     lock = StateLock(pipeline.state_path)
     try:
@@ -230,15 +257,27 @@ def validate(pipelines: tuple[str, ...]) -> None:
             p = load_pipeline(path)
         except ConfigError as exc:
             bad += 1
-            for issue in exc.issues:
-                click.echo(str(issue), err=True)
+            _config_errors(path, exc.issues)
             continue
         click.echo(f"{path}: valid ({len(p.connectors)} connector(s), {len(p.syncs)} sync(s))", err=True)
+        if p.executor.type != "threads":
+            from .executors import split_steps
+
+            for sync in [None, *p.syncs]:
+                calls = p.steps_for(sync)
+                if not calls or (sync is not None and sync.steps is None):
+                    continue
+                n = split_steps(calls)
+                where = f"sync {sync.name}" if sync is not None else "top-level steps"
+                click.echo(f"  {where}: on the {p.executor.type} workers: "
+                           f"{', '.join(c.name for c in calls[:n]) or '-'}; on this process (the coordinator): "
+                           f"{', '.join(c.name for c in calls[n:]) or '-'}", err=True)
     _exit(EXIT_INVALID if bad else EXIT_OK)
 
 
 @cli.command()
 @click.option("--indent", type=int, default=2, show_default=True)
+@_common
 def schema(indent: int) -> None:
     """Print the JSON Schema of pipeline files, for editor completion.
 
@@ -250,6 +289,7 @@ def schema(indent: int) -> None:
     """
     from .config import json_schema
 
+    _init_logging()
     click.echo(json.dumps(json_schema(), indent=indent))
 
 
@@ -296,9 +336,12 @@ def test(pipeline: str, connectors: tuple[str, ...]) -> None:
               help='A FlexOrch request body: {"source": {"connector_id": 42, "keys": [...]}} ("-": stdin).')
 @click.option("--sync", "sync_name", metavar="NAME",
               help="Use this sync's steps and record the outcome in its state.")
+@click.option("--executor", "executor_spec", metavar="SPEC",
+              help="Where the steps run: threads, processes[:N], dask[:N] (a local cluster) or "
+                   "dask:tcp://HOST:PORT; overrides the pipeline's executor:.")
 @_common
 def process(pipeline: str, keys: tuple[str, ...], connector_ref: str | None, request_file: Any,
-            sync_name: str | None) -> None:
+            sync_name: str | None, executor_spec: str | None) -> None:
     """Process exactly these keys now, whether or not they were processed before.
 
     Uses the top-level steps, or those of --sync NAME (whose state then records the
@@ -329,20 +372,24 @@ def process(pipeline: str, keys: tuple[str, ...], connector_ref: str | None, req
     stop = StopToken()
     state = _state_or_exit(p) if sync is not None else State(":memory:")
     _verify_or_exit(state)
+    executor = _executor_or_exit(p, executor_spec)
     restore = _signals(stop)
     bar = _progress_factory()("process")
     try:
-        result = process_keys(p, connector_ref, list(keys), sync=sync, state=state, stop=stop, on_progress=bar)
+        result = process_keys(p, connector_ref, list(keys), sync=sync, state=state, stop=stop, on_progress=bar,
+                              executor=executor)
     finally:
         restore()
         if bar:
             bar.close()
         state.close()
+        if executor is not None:
+            executor.close()
     outcomes = {o.key: o for o in result.outcomes}
     connector = p.connector(connector_ref).name
     for key in dict.fromkeys(keys):
         o = outcomes.get(key)
-        status = "skipped" if o and o.status == "done" and o.error else (o.status if o else "not processed")
+        status = o.status if o else "not processed"
         click.echo(json.dumps({"connector": connector, "key": key, "version": o.version if o else None,
                                "status": status, "error": o.error if o and status != "done" else None},
                               ensure_ascii=False))
@@ -379,8 +426,12 @@ def _parse_request(stream: Any) -> tuple[str, tuple[str, ...]]:
                    "filtered, done, dead) on stdout; change nothing.")
 @click.option("--grace", default="30s", show_default=True, metavar="DURATION",
               help="On SIGTERM/SIGINT, how long objects in flight may take to finish.")
+@click.option("--executor", "executor_spec", metavar="SPEC",
+              help="Where the steps run: threads, processes[:N], dask[:N] (a local cluster) or "
+                   "dask:tcp://HOST:PORT; overrides the pipeline's executor:.")
 @_common
-def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: str) -> None:
+def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: str,
+        executor_spec: str | None) -> None:
     """Run the syncs: as a service on their schedules, or --once.
 
     The service makes a first pass of every sync at start, then follows each sync's
@@ -410,21 +461,28 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
     if dry_run:
         _dry_run(p, syncs)
     stop = StopToken(grace_seconds)
+    executor = _executor_or_exit(p, executor_spec)
     lock = _lock_or_exit(p)
     restore = _signals(stop)
+    from . import children
+
     try:
         state = _state_or_exit(p)  # refuse a bad state file before anything starts
         if once:
             with state:
-                code = _run_once(p, syncs, stop, state)
+                code = _run_once(p, syncs, stop, state, executor)
         else:
+            _verify_or_exit(state)  # the service checks the file once, before its first pass
             state.close()
             from .runner import serve
 
-            healthy = serve(p, syncs, stop, _report, progress=_progress_factory())
+            healthy = serve(p, syncs, stop, _report, progress=_progress_factory(), executor=executor)
             code = EXIT_OK if healthy else EXIT_FAILED
     finally:
         restore()
+        children.end()  # programs of steps still running after the grace time: TERM, then KILL
+        if executor is not None:
+            executor.close()
         lock.release()
     if stop.is_set():
         log.info("stopped")
@@ -433,7 +491,19 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
     _exit(code)
 
 
-def _run_once(p: Pipeline, syncs: list[Sync], stop: StopToken, state: Any) -> int:
+def _executor_or_exit(p: Pipeline, spec: str | None) -> Any:
+    """The pipeline's executor (or --executor's); None for threads."""
+    from .executors import make_executor
+
+    try:
+        return make_executor(p, spec)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--executor") from None
+
+
+def _run_once(p: Pipeline, syncs: list[Sync], stop: StopToken, state: Any, executor: Any = None) -> int:
+    """One pass of each sync. A sync with events first drains its queue; its listing (the
+    reconciliation) then runs if it never ran or its schedule says it is due."""
     from .sync import run_pass
 
     failed = False
@@ -441,15 +511,60 @@ def _run_once(p: Pipeline, syncs: list[Sync], stop: StopToken, state: Any) -> in
     for sync in syncs:
         if stop.is_set():
             break
+        if sync.events is not None:
+            result = _drain_events(p, sync, stop, state, executor)
+            if result is not None:
+                _report(result)
+                failed = failed or not result.ok
+            if not _listing_due(state, sync):
+                continue
         bar = progress(sync.name)
         try:
-            result = run_pass(p, sync, state, stop=stop, on_progress=bar)
+            result = run_pass(p, sync, state, stop=stop, on_progress=bar, executor=executor)
         finally:
             if bar:
                 bar.close()
         _report(result)
         failed = failed or not result.ok
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _drain_events(p: Pipeline, sync: Sync, stop: StopToken, state: Any, executor: Any) -> PassResult | None:
+    """What the sync's queue holds now, processed and acknowledged (``run --once``)."""
+    from .events import open_event_source
+    from .exceptions import FlexingestError
+    from .sync import PassResult, process_events
+
+    try:
+        with open_event_source(p, sync) as source:
+            messages = source.drain(max_wait=60.0)
+            if not messages:
+                log.info("%s: events: the queue is empty", sync.name)
+                state.note_events(sync.name, 0, 0, None, None)
+                return None
+            with source.keep_alive(messages):
+                return process_events(p, sync, state, messages, stop=stop, executor=executor)
+    except FlexingestError as exc:
+        result = PassResult(sync.name, kind="events")
+        result.error = str(exc)
+        return result
+
+
+def _listing_due(state: Any, sync: Sync) -> bool:
+    """A sync with events lists (reconciles) only when its schedule says so, or never did."""
+    from datetime import datetime, timezone
+
+    from .runner import next_due
+
+    last = state.status().get(sync.name, {}).get("last_run")
+    if last is None:
+        return True  # the backfill
+    due = next_due(sync, last["started_at"])
+    if due is not None and due > datetime.now(timezone.utc):
+        log.info("%s: the reconciliation listing is due at %s; events only this time", sync.name,
+                 due.isoformat(timespec="seconds"))
+        return False
+    return True
 
 
 def _dry_run(p: Pipeline, syncs: list[Sync]) -> NoReturn:
@@ -484,64 +599,31 @@ def _dry_run(p: Pipeline, syncs: list[Sync]) -> NoReturn:
               help="Failed and dead objects listed per sync, most recent first; 0 lists them all.")
 @_common
 def status(pipeline: str, as_json: bool, limit: int) -> None:
-    """Per sync: objects done / failed / dead / gone, the last run, the next due time.
+    """Per sync: objects done / skipped / failed / dead / pending / gone, the last run, the next due time.
 
     Failed and dead objects are listed with their last error. Reads the state only: it
-    works while the service runs.
+    never writes the file (a read-only file or folder is fine), works while the service
+    runs, and needs none of the connectors' secrets.
 
     \b
     Examples:
       flexingest status pipeline.yaml
       flexingest status pipeline.yaml --json | jq '.syncs.contracts.failed'
     """
-    from .console import printable, secret_filter
-    from .runner import next_due
+    from .console import secret_filter
+    from .exceptions import StateError
+    from .report import status_lines, status_report
 
-    p = _load(pipeline)
-    known = {s.name: s for s in p.syncs}
-    if p.state_path.exists():
-        with _state_or_exit(p, create=False) as state:
-            _verify_or_exit(state)
-            rows = state.status()
-            problems = {name: [dict(r) for r in state.problems(name, limit or None)] for name in rows}
-    else:
-        rows, problems = {}, {}
-    out: dict[str, Any] = {}
-    now = datetime.now(timezone.utc)
-    for name in [*known, *(n for n in rows if n not in known)]:
-        entry = {"done": 0, "failed": 0, "dead": 0, "pending": 0, "gone": 0, "last_run": None,
-                 **rows.get(name, {})}
-        sync = known.get(name)
-        last = entry["last_run"]
-        due = next_due(sync, last["started_at"] if last else None, now) if sync else None
-        entry["next_due"] = due.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z") \
-            if due else None
-        entry["problems"] = problems.get(name, [])
-        if sync is None:
-            entry["note"] = "no longer in the pipeline file"
-        out[name] = entry
+    p = _load(pipeline, need_secrets=False)
+    try:
+        report = status_report(p, problems=limit or None)
+    except StateError as exc:
+        _fail(str(exc), EXIT_FAILED)
     if as_json:
-        click.echo(secret_filter.mask(json.dumps({"pipeline": str(p.path), "state": str(p.state_path),
-                                                  "syncs": out}, indent=2, ensure_ascii=False)))
-        _exit(EXIT_OK)
-    click.echo(f"state: {p.state_path}" + ("" if p.state_path.exists() else " (no pass has run yet)"))
-    header = f"{'sync':<20} {'done':>8} {'failed':>7} {'dead':>6} {'gone':>6}  {'last run':<44} next due"
-    click.echo(header)
-    for name, e in out.items():
-        last = e["last_run"]
-        if last:
-            last_text = (f"{last['started_at'][:19]}Z {last['result'] or 'running'} "
-                         f"({last['done']} done, {last['failed']} failed)")
-        else:
-            last_text = "never"
-        click.echo(f"{name:<20} {e['done']:>8} {e['failed']:>7} {e['dead']:>6} {e['gone']:>6}  "
-                   f"{last_text:<44} {e['next_due'] or '-'}")
-    for name, e in out.items():
-        for problem in e["problems"]:
-            click.echo(f"  {name}: {problem['status']} ({problem['attempts']} attempt(s)) "
-                       f"{printable(problem['key'])}: {printable(secret_filter.mask(problem['error'] or ''))}")
-        if (more := e["failed"] + e["dead"] - len(e["problems"])) > 0:
-            click.echo(f"  {name}: and {more} more failed or dead (--problems 0 lists them all)")
+        click.echo(secret_filter.mask(json.dumps(report, indent=2, ensure_ascii=False)))
+    else:
+        for line in status_lines(report, secret_filter.mask):
+            click.echo(line)
     _exit(EXIT_OK)
 
 
@@ -558,7 +640,7 @@ def retry(pipeline: str, sync_name: str | None) -> None:
     Example:
       flexingest retry pipeline.yaml --sync contracts && flexingest run pipeline.yaml --once
     """
-    p = _load(pipeline)
+    p = _load(pipeline, need_secrets=False)
     if sync_name is not None:
         _syncs(p, sync_name)
     if not p.state_path.exists():

@@ -7,12 +7,13 @@ Loading a file runs nothing: no connector is contacted, no step is built.
 
 from __future__ import annotations
 
+import functools
 import re
 import zoneinfo
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Iterable, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -28,7 +29,8 @@ from pydantic import (
     model_validator,
 )
 
-from .steps import StepCall, StepOptions, known_steps, step_class
+from .events import EventsConfig
+from .steps import BUILTIN_STEPS, StepCall, StepOptions, known_steps, step_class
 from .units import Duration, Size
 
 # --------------------------------------------------------------------------- values
@@ -210,10 +212,10 @@ def _step_tag(value: Any) -> str | None:
     return getattr(value, "step_name", None)
 
 
-def _step_union() -> Any:
-    """``- name: {options}`` for every known step, as one tagged union."""
+def _step_union(names: Iterable[str]) -> Any:
+    """``- name: {options}`` for each of ``names``, as one tagged union."""
     members = []
-    for name in known_steps():
+    for name in sorted(names):
         options_model: type[StepOptions] = step_class(name).Options
 
         def shorthand(value: Any, _name: str = name) -> Any:
@@ -249,7 +251,9 @@ class _ToStepCall:
                 lambda call: {call.name: call.options.model_dump(mode="json")}))
 
 
-StepList = list[_step_union()]  # type: ignore[misc,valid-type]
+#: the built-in steps; a pipeline naming a registered plugin step is validated by
+#: :func:`model_for`, which imports that plugin (and only that one)
+StepList = list[_step_union(BUILTIN_STEPS)]  # type: ignore[misc,valid-type]
 
 # --------------------------------------------------------------------------- syncs
 
@@ -319,6 +323,8 @@ class Sync(Strict):
     concurrency: int = Field(8, ge=1, le=512, description="objects in flight at once")
     max_attempts: int = Field(3, ge=1, description="failed attempts before an object is parked as dead")
     steps: StepList | None = Field(None, description="overrides the top-level steps")  # type: ignore[valid-type]
+    events: EventsConfig | None = Field(None, description="bucket notifications that find new objects between "
+                                        "listings; 'schedule' is then the reconciliation listing")
 
     @field_validator("include", "exclude")
     @classmethod
@@ -358,6 +364,57 @@ class Sync(Strict):
         return None
 
 
+# --------------------------------------------------------------------------- executors
+
+
+class ThreadsExecutor(Strict):
+    type: Literal["threads"] = Field(description="the steps run in threads of this process (the default)")
+
+
+class ProcessesExecutor(Strict):
+    type: Literal["processes"]
+    workers: int | Literal["auto"] = Field("auto", description="worker processes; auto: one per core")
+    threads: int = Field(4, ge=1, le=64, description="objects a worker process works on at once (I/O overlaps)")
+    batch: int | Literal["auto"] = Field("auto", description="objects sent to a worker at a time; auto: adapts "
+                                                              "to how long objects take")
+
+    @field_validator("workers", "batch")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be at least 1, or auto")
+        return v
+
+
+class DaskExecutor(ProcessesExecutor):
+    type: Literal["dask"]  # type: ignore[assignment]
+    address: str | None = Field(None, description="the scheduler, e.g. tcp://10.0.0.5:8786 or tls://...; none: a "
+                                                  "local cluster of `workers` processes started by flexingest")
+    threads: int = Field(1, ge=1, le=64, description="objects a worker task works on at once")
+
+    @field_validator("address")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(tcp|tls|inproc|ucx|ws|wss)://", v):
+            raise ValueError(f"expected a scheduler address like tcp://host:8786 or tls://host:8786, got {v!r}")
+        return v
+
+
+def _executor_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        kind = value.get("type", "threads")
+        return kind if isinstance(kind, str) else None
+    return getattr(value, "type", None)
+
+
+Executor = Annotated[
+    Union[Annotated[ThreadsExecutor, Tag("threads")], Annotated[ProcessesExecutor, Tag("processes")],
+          Annotated[DaskExecutor, Tag("dask")]],
+    Discriminator(_executor_tag, custom_error_type="executor_type",
+                  custom_error_message="an executor is {type: threads}, {type: processes, workers: 4} or "
+                                       "{type: dask, address: tcp://host:8786}"),
+]
+
 # --------------------------------------------------------------------------- pipeline
 
 
@@ -372,6 +429,8 @@ class Pipeline(Strict):
     steps: StepList = Field(default_factory=list,  # type: ignore[valid-type]
                             description="default steps for syncs and `process`")
     syncs: list[Sync] = Field(default_factory=list)
+    executor: Executor = Field(default_factory=lambda: ThreadsExecutor(type="threads"),
+                               description="where the steps run: threads (default), processes, or a Dask cluster")
 
     _path: Path = PrivateAttr(default=Path("pipeline.yaml"))
 
@@ -420,53 +479,52 @@ class Pipeline(Strict):
         return list(sync.steps) if sync is not None and sync.steps is not None else list(self.steps)
 
     def secrets(self) -> set[str]:
-        """Every secret value of the file, so that logs can mask them wherever they appear."""
+        """Every secret value of the file, so that logs and errors can mask them wherever they appear."""
         found: set[str] = set()
         for c in self.connectors:
             for name in SECRET_FIELDS:
                 value = getattr(c.config, name, None)
-                if isinstance(value, SecretStr) and len(value.get_secret_value()) >= 4:
+                if isinstance(value, SecretStr):
                     found.add(value.get_secret_value())
-                    found.update(_inner_secrets(value.get_secret_value()))
+        for sync in self.syncs:  # an events: block's own credentials
+            for name in SECRET_FIELDS:
+                value = getattr(sync.events, name, None)
+                if isinstance(value, SecretStr):
+                    found.add(value.get_secret_value())
         calls: list[StepCall] = list(self.steps)
         for sync in self.syncs:
             calls.extend(sync.steps or [])
         for step in calls:
             for value in getattr(step.options, "headers", {}).values():
                 if isinstance(value, SecretStr):
-                    text = value.get_secret_value()  # "Bearer <token>": the token alone is secret too
-                    found.update(v for v in (text, *text.split(None, 1)[1:]) if len(v) >= 4)
+                    found.add(value.get_secret_value())
         return found
 
 
-def _inner_secrets(value: str) -> set[str]:
-    """The parts of a secret that may be quoted alone: a key file's private key, a
-    connection string's AccountKey or SharedAccessSignature."""
-    import json
+@functools.cache
+def model_for(plugins: frozenset[str]) -> type[Pipeline]:
+    """The pipeline model that also knows the plugin steps ``plugins`` (each imported here).
 
-    found: set[str] = set()
-    text = value.strip()
-    if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except ValueError:
-            return found
-        if isinstance(data, dict):
-            for field in ("private_key", "private_key_id", "client_secret", "refresh_token"):
-                item = data.get(field)
-                if isinstance(item, str) and len(item) >= 4:
-                    found.add(item)
-                    found.update(line for line in item.splitlines() if len(line) >= 16)
-    elif "=" in text and ";" in text:
-        for part in text.split(";"):
-            name, _, item = part.partition("=")
-            if name.strip() in ("AccountKey", "SharedAccessSignature") and len(item) >= 4:
-                found.add(item)
-    return found
+    Plugins are loaded only when a pipeline names them: a broken one breaks only the
+    pipelines that use it.
+    """
+    if not plugins:
+        return Pipeline
+    steps: Any = list[_step_union({*BUILTIN_STEPS, *plugins})]  # type: ignore[misc]
+    optional: Any = steps | None
+    sync: Any = create_model("Sync", __base__=Sync,
+                             steps=(optional, Field(None, description="overrides the top-level steps")))
+    syncs: Any = list[sync]
+    model: type[Pipeline] = create_model(
+        "Pipeline", __base__=Pipeline,
+        steps=(steps, Field(default_factory=list, description="default steps for syncs and `process`")),
+        syncs=(syncs, Field(default_factory=list)))
+    return model
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of a pipeline file, for editors."""
-    schema = Pipeline.model_json_schema(by_alias=True)
+    """The JSON Schema of a pipeline file, for editors: with every registered step."""
+    plugins = frozenset(known_steps()) - set(BUILTIN_STEPS)
+    schema = model_for(plugins).model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema

@@ -19,7 +19,7 @@ import stat
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from .exceptions import (
     AccessDenied,
@@ -31,6 +31,10 @@ from .exceptions import (
     TransientStorageError,
     UnsafeKey,
 )
+from .objects import READ_BLOCK, ObjectInfo, Source, check_key
+from .redact import Redactor
+
+__all__ = ["BACKENDS", "ObjectInfo", "Source", "Storage", "open_connector", "test_connector"]
 
 if TYPE_CHECKING:
     import asyncio
@@ -51,26 +55,12 @@ PAGE_SIZE = 1000
 LIST_STREAMS = 4  # listings of sub-prefixes in flight at once
 MAX_PARTITIONS = 512  # more top-level prefixes than this: one listing stream instead
 PREFETCH = 8  # pages listed ahead of the pass
-READ_BLOCK = 4 * 1024 * 1024
-
-
-class ObjectInfo(NamedTuple):
-    """One listed object (a tuple: a bucket of millions lists millions of them)."""
-
-    key: str
-    version: str
-    size: int
-    modified: float | None  # seconds since the epoch
 
 
 def _import_backend(kind: str) -> None:
     _, module, extra = BACKENDS[kind]
     if module is None:
         return
-    if kind == "gcs":
-        # gcsfs' experimental gRPC path stalls for ~40 s against plain-HTTP endpoints
-        # (emulators); the JSON API serves standard and HNS buckets alike.
-        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     try:
         __import__(module)
     except ImportError as exc:
@@ -130,11 +120,11 @@ def storage_errors(what: str, *, missing: type[StorageError] = BucketNotFound,
     except FlexingestError:
         raise
     except Exception as exc:  # noqa: BLE001 - this is the one translation point
-        raise _translate(exc, what, missing, redact) from exc
+        raise translate(exc, what, missing, redact) from exc
 
 
-def _translate(exc: Exception, what: str, missing: type[StorageError],
-               redact: Callable[[str], str]) -> StorageError:
+def translate(exc: Exception, what: str, missing: type[StorageError] = BucketNotFound,
+              redact: Callable[[str], str] = lambda s: s) -> StorageError:
     names = {c.__name__ for c in type(exc).__mro__}
     code = _error_code(exc)
     status = _status_of(exc)
@@ -147,6 +137,10 @@ def _translate(exc: Exception, what: str, missing: type[StorageError],
         if missing is BucketNotFound:
             return BucketNotFound(f"{what}: bucket or container not found")
         return missing(f"{what}: not found (deleted after listing?)")
+    if "DefaultCredentialsError" in names:
+        return AccessDenied(f"{what}: no Google credentials were found (application default credentials): "
+                            "give 'service_account_json', run 'gcloud auth application-default login', "
+                            "or say 'anonymous: true' for a public bucket or an emulator")
     if (isinstance(exc, PermissionError) or "ClientAuthenticationError" in names or status in (401, 403)
             or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                         "AuthorizationFailure", "AuthenticationFailed", "InvalidToken", "TokenRefreshRequired",
@@ -201,8 +195,8 @@ class Storage:
         self.fast_fail = fast_fail
         self.timeout = timeout
         self._fs: AbstractFileSystem | None = None
-        self._secrets = [v.get_secret_value() for v in vars(self.config).values()
-                         if hasattr(v, "get_secret_value") and v.get_secret_value()]
+        self._redactor = Redactor(v.get_secret_value() for v in vars(self.config).values()
+                                  if hasattr(v, "get_secret_value"))
 
     # -- naming
     @property
@@ -222,9 +216,7 @@ class Storage:
         return f"{where}/{key}" if key else where
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "**********")
-        return text
+        return self._redactor.mask(text)
 
     def errors(self, key: str | None = None) -> contextlib.AbstractContextManager[None]:
         return storage_errors(self.describe(key), missing=ObjectGone if key else BucketNotFound,
@@ -348,6 +340,10 @@ class Storage:
     def read(self, key: str) -> bytes:
         with self.errors(key):
             return self.fs.cat_file(self.path(key))  # type: ignore[no-any-return]
+
+    def local_file(self, key: str) -> str | None:
+        """The object's own file on this machine, if it has one (local folders)."""
+        return None
 
     def download(self, key: str, dest: Path) -> None:
         with self.open(key) as src, open(dest, "wb") as out:
@@ -630,18 +626,12 @@ class S3Storage(Storage):
 
     async def _read_versioned(self, key: str) -> tuple[bytes, str | None]:
         fs: Any = self.fs  # one GET, whose answer carries the ETag of what it returns
-
-        async def get() -> tuple[bytes, str | None]:
-            response = await fs._call_s3("get_object", Bucket=self.root, Key=key)
-            try:
-                data = await response["Body"].read()
-            finally:
-                response["Body"].close()
-            return data, str(response.get("ETag", "")).strip('"') or None
-
-        from s3fs.core import _error_wrapper
-
-        return await _error_wrapper(get, retries=fs.retries)  # type: ignore[no-any-return]
+        response = await fs._call_s3("get_object", Bucket=self.root, Key=key)
+        try:
+            data = await response["Body"].read()
+        finally:
+            response["Body"].close()
+        return data, str(response.get("ETag", "")).strip('"') or None
 
     async def _open_stream(self, key: str) -> tuple[Any, Any, str | None]:
         fs: Any = self.fs
@@ -657,16 +647,32 @@ class S3Storage(Storage):
 _gcs_classes: dict[int, Any] = {}
 
 
+def gcs_filesystem() -> Any:
+    """gcsfs' JSON-API filesystem class, whatever ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT`` says: its
+    experimental gRPC class stalls for about 40 s per operation against plain-HTTP endpoints
+    (emulators), and the JSON API serves standard and hierarchical-namespace buckets alike."""
+    from gcsfs.core import GCSFileSystem
+
+    return GCSFileSystem
+
+
 def _gcs_class(attempts: int) -> Any:
     """gcsfs with ``attempts`` tries per request: gcsfs bakes six (about 31 s of waiting) into
     ``_request``, on top of which the pass retries the object."""
     if attempts not in _gcs_classes:
-        import gcsfs
         from gcsfs.retry import retry_request
 
-        _gcs_classes[attempts] = type(f"GCSFileSystem{attempts}", (gcsfs.GCSFileSystem,), {
-            "_request": retry_request(retries=attempts)(gcsfs.GCSFileSystem._request.__wrapped__)})
+        base = gcs_filesystem()
+        _gcs_classes[attempts] = type(f"GCSFileSystem{attempts}", (base,), {
+            "_request": retry_request(retries=attempts)(base._request.__wrapped__)})
     return _gcs_classes[attempts]
+
+
+def _google_host(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url if "://" in url else f"https://{url}").hostname or "").lower()
+    return host == "googleapis.com" or host.endswith(".googleapis.com")
 
 
 class GCSStorage(Storage):
@@ -685,7 +691,9 @@ class GCSStorage(Storage):
             opts["project"] = c.project
         if c.endpoint_url:
             opts["endpoint_url"] = c.endpoint_url
-        if c.anonymous:
+        if c.anonymous or (c.service_account_json is None and c.endpoint_url and not _google_host(c.endpoint_url)):
+            # an emulator or a private endpoint with no credentials given: anonymous, as Google's
+            # own clients are with STORAGE_EMULATOR_HOST; Google's endpoints keep the ADC chain
             opts["token"] = "anon"
         elif c.service_account_json is not None:
             opts["token"] = self._service_account(c.service_account_json.get_secret_value().strip())
@@ -909,16 +917,10 @@ class LocalStorage(Storage):
 
         Listed keys are always safe; this guards keys given to ``flexingest process``.
         """
-        if "\x00" in key:
-            raise UnsafeKey(key, "contains a NUL byte")
-        if key.startswith("/"):
-            raise UnsafeKey(key, "is an absolute path")
-        parts = key.split("/")
-        if any(part in ("", ".", "..") for part in parts):
-            raise UnsafeKey(key, "has an empty, '.' or '..' path segment")
         if self._undecodable and key in self._undecodable:
             raise StorageError(f"{self.describe(key)}: the file name is not UTF-8 text (its odd bytes are shown "
                                "as \\xNN); keys are text: rename the file")
+        parts = check_key(key)
         return os.path.join(self.root, *parts)
 
     def describe(self, key: str | None = None) -> str:
@@ -998,7 +1000,7 @@ class LocalStorage(Storage):
 
     stream_versioned = open_versioned
 
-    def local_path(self, key: str) -> str:
+    def local_file(self, key: str) -> str:
         return self.path(key)
 
 
@@ -1040,81 +1042,3 @@ def test_connector(connector: ConnectorBase, base_dir: Path) -> dict[str, Any]:
     except FlexingestError as exc:
         return {"connector": connector.name, "success": False, "message": str(exc)}
     return {"connector": connector.name, "success": True, "message": "Connection established successfully."}
-
-
-# --------------------------------------------------------------------------- objects
-
-
-class Source:
-    """The object a step is processing: its identity, and ways to get at its bytes.
-
-    Every read notes the version it read; a pass records that version, so what is
-    recorded is what was processed even if the object is overwritten meanwhile.
-    """
-
-    SMALL = 8 * 1024 * 1024  # below this, one request reads the object whole
-
-    def __init__(self, storage: Storage, info: ObjectInfo) -> None:
-        self.storage = storage
-        self.info = info
-        self.read_version: str | None = None
-
-    @property
-    def connector(self) -> str:
-        return self.storage.name
-
-    @property
-    def key(self) -> str:
-        return self.info.key
-
-    @property
-    def version(self) -> str:
-        return self.info.version
-
-    @property
-    def size(self) -> int:
-        return self.info.size
-
-    def _saw(self, version: str | None) -> None:
-        if version is None:
-            return
-        if self.read_version is None:
-            self.read_version = version
-        elif version != self.read_version:
-            raise TransientStorageError(f"{self.storage.describe(self.key)}: changed while it was being processed")
-
-    def open(self) -> IO[bytes]:
-        """A seekable reader; large objects are streamed, never held whole in memory."""
-        if self.size < self.SMALL:
-            return io.BytesIO(self.read())
-        reader, version = self.storage.open_versioned(self.key)
-        self._saw(version)
-        return reader
-
-    def read(self) -> bytes:
-        """The whole object in memory: for small objects only."""
-        data, version = self.storage.read_versioned(self.key)
-        self._saw(version)
-        return data
-
-    def stream(self) -> IO[bytes]:
-        """A sequential, not seekable reader over one request: for copying large objects."""
-        reader, version = self.storage.stream_versioned(self.key)
-        self._saw(version)
-        return reader
-
-    @contextlib.contextmanager
-    def local_path(self) -> Iterator[str]:
-        """A path on this machine holding the object (a temporary copy for clouds)."""
-        if isinstance(self.storage, LocalStorage):
-            self._saw(self.storage.info(self.key).version)
-            yield self.storage.local_path(self.key)
-            return
-        import tempfile
-
-        suffix = Path(self.key).suffix[:16]
-        with tempfile.TemporaryDirectory(prefix="flexingest-") as tmp:
-            dest = Path(tmp) / f"object{suffix}"
-            with self.stream() as src, open(dest, "wb") as out:
-                shutil.copyfileobj(src, out, READ_BLOCK)
-            yield str(dest)

@@ -27,15 +27,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from .connectors import (
-    PAGE_SIZE,
-    READ_BLOCK,
-    AzureBlobStorage,
-    ObjectInfo,
-    S3Storage,
-    Storage,
-    _translate,
-)
+from .connectors import PAGE_SIZE, AzureBlobStorage, S3Storage, Storage
+from .connectors import translate as translate_fsspec
 from .exceptions import (
     AccessDenied,
     BucketNotFound,
@@ -45,6 +38,7 @@ from .exceptions import (
     StorageError,
     TransientStorageError,
 )
+from .objects import READ_BLOCK, ObjectInfo
 
 PREFETCH = 8  # listing chunks fetched ahead of the pass
 _INSTALL = {"s3": "flexingest[s3]", "azure_blob": "flexingest[azure]"}
@@ -154,7 +148,7 @@ def translate(exc: BaseException, what: str, missing: type[StorageError],
         return TransientStorageError(f"{what}: {detail}")
     if isinstance(exc, oe.BaseError) or not isinstance(exc, Exception):
         return StorageError(f"{what}: {detail}")
-    return _translate(exc, what, missing, redact)
+    return translate_fsspec(exc, what, missing, redact)
 
 
 @contextlib.contextmanager

@@ -15,9 +15,11 @@ import time
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-MASK = "**********"
+from .redact import Redactor
+
 NOISY_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3fs", "gcsfs", "adlfs", "azure", "urllib3",
-                 "google", "google_auth_httplib2", "aiohttp", "fsspec", "asyncio", "msal", "pypdf")
+                 "google", "google_auth_httplib2", "aiohttp", "fsspec", "asyncio", "msal", "pypdfium2", "PIL",
+                 "distributed", "dask", "tornado", "bokeh")
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
@@ -43,10 +45,10 @@ class SecretFilter(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.secrets: set[str] = set()
+        self.redactor = Redactor()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
+        if not self.redactor:
             return True
         message = self.mask(record.getMessage())
         record.msg, record.args = message, None
@@ -60,10 +62,7 @@ class SecretFilter(logging.Filter):
         return True
 
     def mask(self, text: str) -> str:
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            if secret in text:
-                text = text.replace(secret, MASK)
-        return text
+        return self.redactor.mask(text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -83,6 +82,14 @@ class JsonFormatter(logging.Formatter):
         if record.exc_text or record.exc_info:
             out["traceback"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
         return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def error_json(message: str, **fields: Any) -> str:
+    """An error of the command line as one JSON log line, shaped like :class:`JsonFormatter`'s."""
+    out: dict[str, Any] = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": "error", "logger": "flexingest", "message": message, **fields}
+    return json.dumps(out, ensure_ascii=False, default=str)
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -124,7 +131,7 @@ def setup_logging(verbosity: int = 0, fmt: str = "text", stream: TextIO | None =
 
 
 def add_secrets(values: set[str]) -> None:
-    secret_filter.secrets |= {v for v in values if v}
+    secret_filter.redactor.add(values)
 
 
 class _Bar:

@@ -10,21 +10,17 @@ at once as a :class:`~flexingest.exceptions.ConfigError`, each naming
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
 import os
 import re
-import typing
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from .console import printable
 from .exceptions import ConfigError, ConfigIssue
-
-Loc = tuple[str | int, ...]
+from .validation import Loc, field_path, issue_from_pydantic, plugins_named, reference_issues
 
 MAX_NODES = 100_000  # values after alias expansion: a bound against "billion laughs"
 MAX_YAML_NODES = 20_000  # values as written (a pipeline with 500 syncs has about 10,000): parsing stays < 1 s
@@ -38,19 +34,13 @@ _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*)|(:?\?)([^}]*))?\}|\$\{([^}]*)\}?")
 
 
-def field_path(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+def interpolate(text: str, env: Mapping[str, str], *, keep_missing: bool = False) -> tuple[str, list[str]]:
     """Expand ``${VAR}``, ``${VAR:-default}``, ``${VAR:?message}`` and ``$${``.
 
     Returns the text and the problems found (missing variables, bad syntax).
     ``:-`` and ``:?`` also apply when the variable is set but empty; ``-`` and ``?``
-    only when it is unset, as in POSIX shells.
+    only when it is unset, as in POSIX shells. ``keep_missing`` leaves a missing
+    variable's reference as it is written instead of reporting it.
     """
     problems: list[str] = []
 
@@ -67,6 +57,8 @@ def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
         empty = value is None or (value == "" and ((dash_op or q_op or "").startswith(":")))
         if dash_op:
             return default if empty else value  # type: ignore[return-value]
+        if empty and keep_missing:
+            return whole
         if empty:
             if q_op:
                 problems.append(f"{message or 'required'} (environment variable {name} is not set)")
@@ -81,9 +73,12 @@ def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
 class _Walker:
     """Turns composed YAML nodes into plain data, remembering where each value was."""
 
-    def __init__(self, file: str, env: Mapping[str, str]) -> None:
+    def __init__(self, file: str, env: Mapping[str, str], *, need_secrets: bool = True,
+                 alias_marks: dict[tuple[int, Any], yaml.Mark] | None = None) -> None:
         self.file = file
+        self.alias_marks = alias_marks or {}
         self.env = env
+        self.need_secrets = need_secrets
         self.issues: list[ConfigIssue] = []
         self.value_marks: dict[Loc, tuple[int, int]] = {}
         self.key_marks: dict[Loc, tuple[int, int]] = {}
@@ -96,10 +91,12 @@ class _Walker:
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
         self.issues.append(ConfigIssue(self.file, line, col, field_path(loc), message))
 
-    def walk(self, node: yaml.Node, loc: Loc, active: frozenset[int] = frozenset()) -> Any:
+    def walk(self, node: yaml.Node, loc: Loc, active: frozenset[int] = frozenset(),
+             alias: yaml.Mark | None = None) -> Any:
+        """``alias``: where the outermost alias being expanded is used (an alias bomb names it)."""
         self.nodes += 1
         if self.nodes > MAX_NODES:
-            raise _TooBig()
+            raise _TooBig(alias or node.start_mark)
         self.value_marks[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if id(node) in active:
             self.issue(node, loc, "recursive alias: a value contains itself")
@@ -131,14 +128,16 @@ class _Walker:
                 elif index < merged:
                     from_merge.add(key)
                 self.key_marks[(*loc, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-                out[key] = self.walk(value_node, (*loc, key), active | {id(node)})
+                out[key] = self.walk(value_node, (*loc, key), active | {id(node)},
+                                     alias or self.alias_marks.get((id(node), id(key_node))))
             return out
         if isinstance(node, yaml.SequenceNode):
             if node.tag != "tag:yaml.org,2002:seq":
                 self.issue(node, loc, f"tag {node.tag!r} is not allowed")
                 self.tainted.add(loc)
                 return None
-            return [self.walk(child, (*loc, i), active | {id(node)}) for i, child in enumerate(node.value)]
+            return [self.walk(child, (*loc, i), active | {id(node)}, alias or self.alias_marks.get((id(node), i)))
+                    for i, child in enumerate(node.value)]
         assert isinstance(node, yaml.ScalarNode)
         if node.tag == _TIMESTAMP:
             value: Any = node.value  # "prefix: 2024-01-01" is text, not a datetime
@@ -150,7 +149,7 @@ class _Walker:
             value = self._constructor.construct_object(node)
         if isinstance(value, str):
             written = value
-            value, problems = interpolate(value, self.env)
+            value, problems = interpolate(value, self.env, keep_missing=not self.need_secrets and _secret_side(loc))
             value, bad = _pair_surrogates(value)
             if bad and _SURROGATE.search(written) is None:
                 bad = "a variable used here has a value that is not UTF-8 text"
@@ -191,8 +190,14 @@ def _pair_surrogates(text: str) -> tuple[str, str | None]:
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le"), None
 
 
+def _secret_side(loc: Loc) -> bool:
+    """Where credentials live: what ``status`` and ``retry`` never use (connectors, steps, events)."""
+    return bool(loc) and (loc[0] == "connectors" or "steps" in loc or "events" in loc)
+
+
 class _TooBig(Exception):
-    pass
+    def __init__(self, mark: yaml.Mark | None = None) -> None:
+        self.mark = mark
 
 
 class _TooDeep(Exception):
@@ -207,6 +212,11 @@ class _Loader(yaml.SafeLoader):
     _depth = 0
     _nodes = 0
 
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        #: where each alias is used: (id of its parent node, key node id or item index) -> mark
+        self.alias_marks: dict[tuple[int, Any], yaml.Mark] = {}
+
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         self._depth += 1
         self._nodes += 1
@@ -215,15 +225,23 @@ class _Loader(yaml.SafeLoader):
                 raise _TooBig()
             if self._depth > MAX_DEPTH:
                 raise _TooDeep(self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            if parent is not None and self.check_event(yaml.AliasEvent):
+                where = index if isinstance(index, int) else id(index)
+                self.alias_marks[(id(parent), where)] = self.peek_event().start_mark  # type: ignore[no-untyped-call]
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
 
-def load_pipeline(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Any:
-    """Validate a pipeline file; raise ConfigError naming every problem in it."""
+def load_pipeline(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
+                  need_secrets: bool = True) -> Any:
+    """Validate a pipeline file; raise ConfigError naming every problem in it.
+
+    ``need_secrets=False`` (``status``, ``retry``: commands that contact no connector)
+    leaves variables of connectors, steps and events unexpanded when they are not set.
+    """
     try:
-        return _load(path, env)
+        return _load(path, env, need_secrets, None)
     except ConfigError as exc:
         if all(i.field.isprintable() and i.message.isprintable() for i in exc.issues):
             raise
@@ -232,8 +250,19 @@ def load_pipeline(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
                            for i in exc.issues]) from None
 
 
-def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None) -> Any:
-    from .config import Pipeline
+def load_pipeline_text(text: str, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Any:
+    """A pipeline from its text, as if read from ``path`` (a worker rebuilding the
+    coordinator's pipeline: relative paths resolve against ``path``'s folder)."""
+    try:
+        return _load(path, env, True, text.encode("utf-8"))
+    except ConfigError as exc:
+        raise ConfigError([dataclasses.replace(i, field=printable(i.field), message=printable(i.message))
+                           for i in exc.issues]) from None
+
+
+def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, need_secrets: bool,
+          raw: bytes | None) -> Any:
+    from .config import model_for
 
     file = str(path)
     env = os.environ if env is None else env
@@ -242,8 +271,9 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None) -> Any:
         return ConfigError([ConfigIssue(file, line, col, "", message)])
 
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)  # never more: the path may be a huge file, or /dev/zero
+        if raw is None:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_BYTES + 1)  # never more: the path may be a huge file, or /dev/zero
     except FileNotFoundError:
         raise fail("no such file") from None
     except IsADirectoryError:
@@ -261,7 +291,15 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None) -> Any:
                    raw.count(b"\n", 0, exc.start) + 1, column) from None
 
     try:
-        documents = list(yaml.compose_all(text, Loader=_Loader))
+        loader = _Loader(text)
+        try:
+            documents: list[yaml.Node] = []
+            while loader.check_node():
+                node = loader.get_node()
+                if node is not None:
+                    documents.append(node)
+        finally:
+            loader.dispose()
     except yaml.reader.ReaderError as exc:  # a control character such as NUL
         line = text.count("\n", 0, exc.position) + 1
         column = exc.position - text.rfind("\n", 0, exc.position)
@@ -285,25 +323,30 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None) -> Any:
         m = documents[1].start_mark
         raise fail("one pipeline per file: found a second YAML document", m.line + 1, m.column + 1)
 
-    walker = _Walker(file, env)
+    walker = _Walker(file, env, need_secrets=need_secrets, alias_marks=loader.alias_marks)
     try:
         data = walker.walk(documents[0], ())
-    except (_TooBig, RecursionError):
+    except _TooBig as exc:
+        where = (exc.mark.line + 1, exc.mark.column + 1) if exc.mark is not None else (0, 0)
+        raise fail(f"the file expands to more than {MAX_NODES} values (an alias bomb?): this alias crossed the "
+                   "bound; refusing to load it", *where) from None
+    except RecursionError:
         raise fail(f"the file expands to more than {MAX_NODES} values (alias bomb?); refusing to load it") from None
     if not isinstance(data, dict):
         top = ConfigIssue(file, 1, 1, "", "the top level must be a mapping with 'version', 'connectors', ...")
         raise ConfigError([*walker.issues, top])
 
     issues = list(walker.issues)
+    model = model_for(plugins_named(data, walker, issues))
     try:
-        pipeline = Pipeline.model_validate(data)
+        pipeline = model.model_validate(data)
     except ValidationError as exc:
         pipeline = None
         for error in exc.errors():
-            issue = _issue_from_pydantic(error, data, walker)
+            issue = issue_from_pydantic(error, data, walker, model)
             if issue is not None:
                 issues.append(issue)
-    issues.extend(_reference_issues(data, walker))
+    issues.extend(reference_issues(data, walker))
     if issues:
         raise ConfigError(_dedupe(issues))
     assert pipeline is not None
@@ -322,238 +365,3 @@ def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
     return out
 
 
-# --------------------------------------------------------------------------- pydantic errors
-
-
-def _resolve(loc: tuple[Any, ...], data: Any) -> tuple[Loc, list[Any]]:
-    """Map a pydantic loc (with union tags) onto the data: matched path + unmatched rest."""
-    matched: list[str | int] = []
-    rest: list[Any] = []
-    cur = data
-    parts = list(loc)
-    while parts:
-        part = parts.pop(0)
-        if (isinstance(cur, dict) and part in cur and parts and isinstance(parts[0], str) and parts[0] in cur
-                and not isinstance(cur[part], (dict, list))):
-            continue  # a union tag that is also a key here ({cron: ..., timezone: ...})
-        if isinstance(cur, dict) and part in cur:
-            matched.append(part)
-            cur = cur[part]
-        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
-            matched.append(part)
-            cur = cur[part]
-        elif parts and isinstance(part, str) and not (isinstance(cur, dict) and part in cur):
-            continue  # a union tag such as 's3' or a step's wrapper: not in the data
-        else:
-            rest = [part, *parts]
-            break
-    return tuple(matched), rest
-
-
-def _value_at(data: Any, loc: Loc) -> Any:
-    for part in loc:
-        data = data[part]
-    return data
-
-
-def _issue_from_pydantic(error: Mapping[str, Any], data: Any, walker: _Walker) -> ConfigIssue | None:
-    etype = error["type"]
-    loc, rest = _resolve(error["loc"], data)
-    if loc in walker.tainted:
-        return None  # the missing variable was already reported here
-    message = error["msg"]
-    ctx = error.get("ctx") or {}
-    mark = walker.value_marks.get(loc, (0, 0))
-    if loc in walker.key_marks and isinstance(_value_at(data, loc), (dict, list)):
-        mark = walker.key_marks[loc]  # a whole mapping is wrong: point at its key
-    display = loc
-    if etype == "extra_forbidden":
-        mark = walker.key_marks.get(loc, mark)
-        model = _model_at(error["loc"][:-1])
-        known = sorted(model.model_fields) if model else []
-        if model is not None:
-            known = [f.alias or n for n, f in model.model_fields.items()]
-        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
-        message = f"unknown field {loc[-1]!r}"
-        if hint:
-            message += f" (did you mean {hint[0]!r}?)"
-        elif known:
-            message += f" (expected one of: {', '.join(known)})"
-    elif etype == "missing":
-        display = (*loc, *rest)
-        message = "required field missing"
-    elif etype in ("union_tag_invalid", "union_tag_not_found") and "steps" in loc:
-        if etype == "union_tag_not_found":
-            message = "a step is one step name with its options, e.g. '- write_jsonl: {path: out.jsonl}'"
-        else:
-            tag = ctx.get("tag")
-            names = _step_names()
-            hint = difflib.get_close_matches(str(tag), names, n=1)
-            message = (f"unknown step {tag!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                       + f" (known: {', '.join(names)})")
-    elif etype == "union_tag_invalid":
-        display = (*loc, "type")
-        mark = walker.value_marks.get(display, mark)
-        message = f"unknown connector type {ctx.get('tag')!r} (known: azure_blob, gcs, local, s3)"
-    elif etype == "union_tag_not_found":
-        display = (*loc, "type")
-        message = "required field missing (one of azure_blob, gcs, local, s3)"
-    elif etype in ("literal_error", "enum"):
-        message = f"{message[0].lower()}{message[1:]}, got {error.get('input')!r}"
-    elif etype == "value_error":
-        message = message.removeprefix("Value error, ")
-    else:
-        message = message[0].lower() + message[1:]
-    if loc and str(loc[-1]) in _secret_fields():
-        message = message.split(", got ")[0]  # never echo a secret value
-    return ConfigIssue(walker.file, mark[0], mark[1], field_path(display), message)
-
-
-def _secret_fields() -> frozenset[str]:
-    from .config import SECRET_FIELDS
-
-    return SECRET_FIELDS
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model that a pydantic loc points into (following union tags)."""
-    from .config import Pipeline
-
-    current: Any = Pipeline
-    for part in loc:
-        current = _step_into(current, part)
-        if current is None:
-            return None
-    current = _unwrap(current)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def _unwrap(tp: Any) -> Any:
-    while typing.get_origin(tp) is typing.Annotated:
-        tp = typing.get_args(tp)[0]
-    return tp
-
-
-def _step_into(tp: Any, part: Any) -> Any:
-    tp = _unwrap(tp)
-    origin = typing.get_origin(tp)
-    if origin in (list, tuple):
-        return typing.get_args(tp)[0] if isinstance(part, int) else None
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        members = [_unwrap(m) for m in typing.get_args(tp) if m is not type(None)]
-        for m in members:  # a union tag names the member
-            if isinstance(m, type) and issubclass(m, BaseModel):
-                if getattr(m, "step_name", None) == part:
-                    return m
-                field = m.model_fields.get("type")
-                if field is not None and part in typing.get_args(field.annotation):
-                    return m
-        for m in members:
-            found = _step_into(m, part)
-            if found is not None:
-                return found
-        return None
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        for name, field in tp.model_fields.items():
-            if part in (name, field.alias):
-                return field.annotation
-    return None
-
-
-# --------------------------------------------------------------------------- references
-
-
-def _reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue]:
-    """Cross-field checks on the raw data, so they are reported with the other errors."""
-    issues: list[ConfigIssue] = []
-
-    def add(loc: Loc, message: str) -> None:
-        line, col = walker.value_marks.get(loc, (0, 0))
-        issues.append(ConfigIssue(walker.file, line, col, field_path(loc), message))
-
-    connectors: list[Any] = data["connectors"] if isinstance(data.get("connectors"), list) else []
-    names: dict[str, int] = {}
-    types: dict[str, Any] = {}
-    ids: dict[int, int] = {}
-    for i, c in enumerate(connectors):
-        if not isinstance(c, dict):
-            continue
-        name, cid = c.get("name"), c.get("id")
-        if isinstance(name, str):
-            if name in names:
-                add(("connectors", i, "name"), f"duplicate connector name {name!r} (also connectors[{names[name]}])")
-            names.setdefault(name, i)
-            types.setdefault(name, c.get("type"))
-        if isinstance(cid, int) and not isinstance(cid, bool):
-            if cid in ids:
-                add(("connectors", i, "id"), f"duplicate connector id {cid} (also connectors[{ids[cid]}])")
-            ids.setdefault(cid, i)
-
-    top_steps = data.get("steps")
-    syncs: list[Any] = data["syncs"] if isinstance(data.get("syncs"), list) else []
-    sync_names: dict[str, int] = {}
-    for i, s in enumerate(syncs):
-        if not isinstance(s, dict):
-            continue
-        name = s.get("name")
-        if isinstance(name, str):
-            if name in sync_names:
-                add(("syncs", i, "name"), f"duplicate sync name {name!r} (also syncs[{sync_names[name]}])")
-            sync_names.setdefault(name, i)
-        ref = s.get("connector")
-        if isinstance(ref, (str, int)) and not isinstance(ref, bool) and names:
-            by_id = (isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit())) and int(ref) in ids
-            if ref not in names and not by_id:
-                hint = difflib.get_close_matches(str(ref), list(names), n=1)
-                add(("syncs", i, "connector"),
-                    f"unknown connector {ref!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                    + f" (known: {', '.join(names)})")
-        if s.get("steps") is None and not top_steps:
-            add(("syncs", i), "no steps: give this sync 'steps' or declare top-level 'steps'")
-
-    step_lists: list[tuple[Loc, Any]] = [(("steps",), top_steps)]
-    step_lists += [(("syncs", i, "steps"), s.get("steps")) for i, s in enumerate(syncs) if isinstance(s, dict)]
-    for loc, steps in step_lists:
-        for j, step in enumerate(steps if isinstance(steps, list) else []):
-            if isinstance(step, dict) and len(step) == 1:
-                (step_name, options), = step.items()
-                ref = options.get("connector") if isinstance(options, dict) else None
-                if (isinstance(ref, str) and names and ref not in names
-                        and _has_connector_option(step_name)):
-                    add((*loc, j, step_name, "connector"), f"unknown connector {ref!r} (known: {', '.join(names)})")
-                elif isinstance(ref, str) and ref in names and _has_connector_option(step_name):
-                    url = options.get("url")
-                    problem = destination_url_problem(url, ref, types[ref]) if isinstance(url, str) else None
-                    if problem:
-                        add((*loc, j, step_name, "url"), problem)
-    return issues
-
-
-def destination_url_problem(url: str, connector: str, kind: Any) -> str | None:
-    """Why ``url`` cannot be a destination opened with ``connector``'s credentials, or None.
-
-    A path inside the connector's bucket, or a URL of the connector's own kind (another
-    bucket of the same store); never a URL of another store."""
-    from .config import URL_SCHEMES
-
-    scheme = url.split("://", 1)[0] if "://" in url else None
-    schemes = URL_SCHEMES.get(kind, ()) if isinstance(kind, str) else ()
-    if scheme is None or not schemes or scheme in schemes:
-        return None
-    return (f"{scheme}:// is not a place in connector {connector!r} ({kind}): give a path inside its "
-            f"bucket, or a URL like {schemes[0]}://bucket/path")
-
-
-@functools.lru_cache(maxsize=1)
-def _step_names() -> tuple[str, ...]:
-    """The steps known to this process. Looked up once: it reads every installed package's metadata
-    (~20 ms), and the pipeline models were built from the same list when flexingest.config was imported."""
-    from .steps import known_steps
-
-    return tuple(known_steps())
-
-
-def _has_connector_option(step_name: str) -> bool:
-    from .steps import step_class
-
-    return step_name in _step_names() and "connector" in step_class(step_name).Options.model_fields

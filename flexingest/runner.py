@@ -15,14 +15,18 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
-from .exceptions import StateError
+from .connectors import Storage, open_connector
+from .exceptions import FlexingestError, StateError
 from .state import State
 from .sync import PassResult, ProgressCallback, StopToken, run_pass
 
 if TYPE_CHECKING:
     from .config import Cron, Every, Pipeline, Sync
+    from .executors import Executor
 
 log = logging.getLogger(__name__)
+
+EVENTS_RETRY = 60  # seconds before a failing queue is tried again
 
 
 def trigger_for(schedule: Every | Cron) -> Any:
@@ -72,66 +76,161 @@ class _Running:
             return self.cond.wait_for(lambda: self.count == 0, timeout)
 
 
-def serve(pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
-          on_result: Callable[[PassResult], None],
-          progress: Callable[[str], ProgressCallback | None] = lambda name: None) -> bool:
-    """Run ``syncs`` on their schedules until ``stop`` is requested.
+class Storages:
+    """One opened connector per connector for the service's life: filesystems, their sessions and
+    credentials are made once, not once per pass (fsspec caches instances by their arguments,
+    and credentials rebuilt each pass would grow that cache without end)."""
 
-    Returns False if the service stopped because the state file failed.
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self._opened: dict[str, Storage] = {}
+        self._lock = threading.Lock()
+
+    def get(self, ref: str | int) -> Storage:
+        connector = self.pipeline.connector(ref)
+        with self._lock:
+            if connector.name not in self._opened:
+                self._opened[connector.name] = open_connector(connector, self.pipeline.base_dir)
+            return self._opened[connector.name]
+
+
+class Service:
+    """Every sync of a pipeline on its schedule, until ``stop`` is requested.
+
+    One :class:`Storages` for the service's life; :meth:`run_pass` is what each scheduled
+    run does (and what an operator's "run now" will do).
     """
-    from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
-    from apscheduler.executors.pool import ThreadPoolExecutor
-    from apscheduler.schedulers.background import BackgroundScheduler
 
-    running = _Running()
-    failures: list[str] = []
+    def __init__(self, pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
+                 on_result: Callable[[PassResult], None] = lambda result: None,
+                 progress: Callable[[str], ProgressCallback | None] = lambda name: None,
+                 executor: Executor | None = None) -> None:
+        self.pipeline, self.syncs, self.stop = pipeline, syncs, stop
+        self.executor = executor  # one pool or cluster connection for the service's life
+        self.on_result, self.progress = on_result, progress
+        self.storages = Storages(pipeline)
+        self.failures: list[str] = []
+        self._running = _Running()
+        # a sync's listing pass and its events never run at once: they diff the same objects
+        self._sync_locks = {s.name: threading.Lock() for s in syncs}
+        self._listed = {s.name: threading.Event() for s in syncs}  # its first pass (the backfill) ended
+        self._overrun_said: set[str] = set()  # syncs whose running pass already had its "still running" line
 
-    def job(sync: Sync) -> None:
-        if stop.is_set():
-            return
-        with running:
+    def run_pass(self, sync: Sync) -> PassResult | None:
+        """One pass of ``sync`` with the service's opened connector; None if the service is stopping."""
+        if self.stop.is_set():
+            return None
+        self._overrun_said.discard(sync.name)
+        with self._running, self._sync_locks.setdefault(sync.name, threading.Lock()):
             try:
-                with State(pipeline.state_path, check=False) as state:  # checked once, at start
-                    result = run_pass(pipeline, sync, state, stop=stop, on_progress=progress(sync.name))
-                on_result(result)
+                with State(self.pipeline.state_path, check=False) as state:  # checked once, at start
+                    result = run_pass(self.pipeline, sync, state, stop=self.stop,
+                                      on_progress=self.progress(sync.name),
+                                      storage=self.storages.get(sync.connector), executor=self.executor)
+                self.on_result(result)
+                return result
             except StateError as exc:  # the state file cannot take more: stop the service, loudly
                 log.error("%s; stopping the service", exc)
-                failures.append(str(exc))
-                stop.request()
+                self.failures.append(str(exc))
+                self.stop.request()
             except Exception:  # noqa: BLE001 - the service outlives one bad pass
                 log.exception("%s: the pass failed unexpectedly; the next one runs on schedule", sync.name)
+            finally:
+                self._listed.setdefault(sync.name, threading.Event()).set()
+        return None
 
-    scheduler = BackgroundScheduler(
-        executors={"default": ThreadPoolExecutor(max_workers=max(1, len(syncs)))},
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-        timezone=timezone.utc,
-    )
-    def still_running(event: JobSubmissionEvent) -> None:
-        log.info("%s: the previous pass is still running; this scheduled pass is skipped "
+    def consume_events(self, sync: Sync) -> None:
+        """The events of ``sync``, as they arrive, until the stop (a thread per sync with events).
+
+        Starts after the sync's first pass (the backfill listing). A queue that fails (missing,
+        denied, unreachable for long) is said once and tried again a minute later.
+        """
+        from .events import open_event_source
+        from .sync import process_events
+
+        while not self._listed[sync.name].wait(1.0):
+            if self.stop.is_set():
+                return
+        while not self.stop.is_set():
+            source = None
+            try:
+                source = open_event_source(self.pipeline, sync)
+                log.info("%s: consuming %s", sync.name, source.describe())
+                for batch in source.batches(self.stop.event):
+                    with source.keep_alive(batch), self._running, self._sync_locks[sync.name]:
+                        with State(self.pipeline.state_path, check=False) as state:
+                            result = process_events(self.pipeline, sync, state, batch,
+                                                    storage=self.storages.get(sync.connector), stop=self.stop,
+                                                    executor=self.executor)
+                    if result.counts.get("listed") or result.counts.get("gone") or result.error:
+                        self.on_result(result)
+            except StateError as exc:
+                log.error("%s; stopping the service", exc)
+                self.failures.append(str(exc))
+                self.stop.request()
+            except FlexingestError as exc:
+                log.error("%s: events: %s; trying again in %ds", sync.name, exc, EVENTS_RETRY)
+                self.stop.wait(EVENTS_RETRY)
+            except Exception:  # noqa: BLE001 - the service outlives a bad batch
+                log.exception("%s: events failed unexpectedly; trying again in %ds", sync.name, EVENTS_RETRY)
+                self.stop.wait(EVENTS_RETRY)
+            finally:
+                if source is not None:
+                    source.close()
+
+    def _still_running(self, event: Any) -> None:
+        if event.job_id in self._overrun_said:
+            return  # one line per overrunning pass, not one per run time it covers
+        self._overrun_said.add(event.job_id)
+        log.info("%s: the previous pass is still running; scheduled passes are skipped until it ends "
                  "(a pass takes longer than the schedule)", event.job_id)
 
-    scheduler.add_listener(still_running, EVENT_JOB_MAX_INSTANCES)
-    logging.getLogger("apscheduler.scheduler").addFilter(_said_by_us)
-    start = datetime.now(timezone.utc)
-    for sync in syncs:
-        scheduler.add_job(job, trigger_for(sync.schedule), args=[sync], id=sync.name, name=sync.name,
-                          next_run_time=start)
-    scheduler.start()
-    log.info("running %d sync(s): %s", len(syncs), ", ".join(
-        f"{s.name} ({_describe(s)})" for s in syncs))
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        scheduler.shutdown(wait=False)
-        grace = stop.remaining()
-        started_wait = time.monotonic()
-        # passes stop taking objects at once and give in-flight ones the grace time;
-        # a pass blocked in a slow request gets a few seconds more, then is left behind
-        if not running.wait_idle((grace if grace is not None else 0) + 5):
-            log.warning("a pass is still busy %.0fs after the stop; leaving it (nothing it did not commit is lost)",
-                        time.monotonic() - started_wait)
-    return not failures
+    def serve(self) -> bool:
+        """Run until ``stop``; False if the service stopped because the state file failed."""
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=max(1, len(self.syncs)))},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=timezone.utc,
+        )
+        scheduler.add_listener(self._still_running, EVENT_JOB_MAX_INSTANCES)
+        logging.getLogger("apscheduler.scheduler").addFilter(_said_by_us)
+        start = datetime.now(timezone.utc)
+        for sync in self.syncs:
+            scheduler.add_job(self.run_pass, trigger_for(sync.schedule), args=[sync], id=sync.name, name=sync.name,
+                              next_run_time=start)
+        scheduler.start()
+        for sync in self.syncs:
+            if sync.events is not None:
+                threading.Thread(target=self.consume_events, args=[sync], name=f"flexingest-events-{sync.name}",
+                                 daemon=True).start()
+        log.info("running %d sync(s): %s%s", len(self.syncs), ", ".join(
+            f"{s.name} ({_describe(s)})" for s in self.syncs),
+            f"; steps on {self.executor.describe()}" if self.executor is not None else "")
+        try:
+            while not self.stop.wait(1.0):
+                pass
+        finally:
+            scheduler.shutdown(wait=False)
+            grace = self.stop.remaining()
+            started_wait = time.monotonic()
+            # passes stop taking objects at once and give in-flight ones the grace time;
+            # a pass blocked in a slow request gets a few seconds more, then is left behind
+            if not self._running.wait_idle((grace if grace is not None else 0) + 5):
+                log.warning("a pass is still busy %.0fs after the stop; leaving it (nothing it did not commit is "
+                            "lost)", time.monotonic() - started_wait)
+        return not self.failures
+
+
+def serve(pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
+          on_result: Callable[[PassResult], None],
+          progress: Callable[[str], ProgressCallback | None] = lambda name: None,
+          executor: Executor | None = None) -> bool:
+    """Run ``syncs`` on their schedules until ``stop`` is requested (see :class:`Service`)."""
+    return Service(pipeline, syncs, stop, on_result, progress, executor).serve()
 
 
 def _said_by_us(record: logging.LogRecord) -> bool:

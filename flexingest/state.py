@@ -11,57 +11,19 @@ with SQL, so neither the listing nor the state is ever held in memory.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .exceptions import StateError, StateLocked
+from .exceptions import StateError
+from .migrations import MIGRATIONS
 
 APPLICATION_ID = 0x466C7849  # "FlxI", in the SQLite header: marks the file as ours
 SQLITE_MAGIC = b"SQLite format 3\x00"
-
-MIGRATIONS: list[tuple[str, str]] = [
-    ("0001_initial", """
-        CREATE TABLE objects (
-            sync TEXT NOT NULL,
-            key TEXT NOT NULL,
-            version TEXT NOT NULL,
-            size INTEGER,
-            modified REAL,
-            status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed', 'dead')),
-            attempts INTEGER NOT NULL DEFAULT 0,
-            error TEXT,
-            processed_at TEXT,
-            gone_at TEXT,
-            updated_at TEXT NOT NULL,
-            PRIMARY KEY (sync, key)
-        ) WITHOUT ROWID;
-        CREATE INDEX objects_by_status ON objects (sync, status) WHERE status != 'done';
-        CREATE TABLE runs (
-            id INTEGER PRIMARY KEY,
-            sync TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            started_at TEXT NOT NULL,
-            ended_at TEXT,
-            listed INTEGER NOT NULL DEFAULT 0,
-            new INTEGER NOT NULL DEFAULT 0,
-            changed INTEGER NOT NULL DEFAULT 0,
-            done INTEGER NOT NULL DEFAULT 0,
-            failed INTEGER NOT NULL DEFAULT 0,
-            dead INTEGER NOT NULL DEFAULT 0,
-            gone INTEGER NOT NULL DEFAULT 0,
-            result TEXT,
-            error TEXT
-        );
-        CREATE INDEX runs_by_sync ON runs (sync, id);
-    """),
-]
 
 #: What the diff says of a listed key. Processed: new, changed, retry.
 CLASSIFY = """
@@ -70,12 +32,26 @@ CLASSIFY = """
         WHEN O.key IS NULL THEN 'new'
         WHEN O.version IS NOT L.version THEN
             CASE WHEN O.status = 'done' AND :ignore_changes THEN 'ignored' ELSE 'changed' END
-        WHEN O.status = 'done' THEN 'done'
+        WHEN O.status IN ('done', 'skipped') THEN 'done'
         WHEN O.status = 'dead' THEN 'dead'
         ELSE 'retry'
     END
 """
 TO_PROCESS = ("new", "changed", "retry")
+#: the object counts ``status`` shows per sync
+STATUS_COUNTS = ("done", "skipped", "failed", "dead", "pending", "gone")
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that never writes anything, beside the file included.
+
+    While a writer runs, its ``-wal`` and ``-shm`` files exist and are shared (``mode=ro``).
+    With no ``-wal`` the whole state is in the file: it is read as it is (``immutable``),
+    which creates no ``-wal``/``-shm`` of its own, in a read-only folder as anywhere else.
+    """
+    uri = path.resolve().as_uri()
+    mode = "mode=ro" if Path(f"{path}-wal").exists() else "immutable=1"
+    return sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=30, isolation_level=None)
 
 
 def now_iso() -> str:
@@ -113,39 +89,53 @@ class Outcome:
     version: str
     size: int | None
     modified: float | None
-    status: str  # done | failed | gone
+    status: str  # done | skipped | failed | gone
     error: str | None = None
-    #: a failure that trying later may cure (timeouts, 5xx, unreachable): it never makes an
-    #: object dead; only failures that repeat for the object itself do
+    #: a failure that trying later may cure (timeouts, 5xx, unreachable): an outage, not the
+    #: object's fault; it is not counted towards max_attempts
     transient: bool = False
+    #: a failure no retry can cure (unsupported, encrypted, corrupt): the object is dead at once
+    permanent: bool = False
+    #: not stored: no other object can succeed either (a destination is missing or refuses us)
+    halt: bool = False
 
 
 class State:
     """One connection to a state file. Use from one thread."""
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True, check: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True, check: bool = True,
+                 readonly: bool = False) -> None:
         """Open (or create) a state file; ``":memory:"`` gives a throwaway one.
 
         ``check`` runs ``PRAGMA quick_check`` on an existing file, in the background (it
         reads the whole file): nothing is written before :meth:`verify` has seen it pass.
+        ``readonly`` (``status``) never writes, never migrates, and works on a file or
+        folder this user cannot write.
         """
         self._check_thread: threading.Thread | None = None
         self._check_error: str | None = None
         self.path = Path(path)
+        self.readonly = readonly
         memory = str(path) == ":memory:"
         existed = not memory and self.path.exists()
         if existed:
             self._check_header()
-            self._check_writable()
-        elif not create:
+            if not readonly:
+                self._check_writable()
+        elif not create or readonly:
             raise StateError(f"state file {self.path} does not exist yet (no pass has run)")
         elif not memory:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StateError(f"cannot create the state folder {self.path.parent}: {exc.strerror}") from None
+            self._create()
+            existed, check = True, False
         try:
-            self.db = sqlite3.connect(str(path) if memory else self.path, timeout=30, isolation_level=None)
+            if readonly:
+                self.db = self._connect_readonly()
+            else:
+                self.db = sqlite3.connect(str(path) if memory else self.path, timeout=30, isolation_level=None)
         except sqlite3.Error as exc:
             raise StateError(f"cannot open state file {self.path}: {exc}") from None
         self.db.row_factory = sqlite3.Row
@@ -154,10 +144,13 @@ class State:
                 self._check_foreign()
                 if check:
                     self._start_quick_check()
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA temp_store=FILE")
-            self._migrate(new=not existed)
+            if readonly:
+                self._check_schema()
+            else:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.execute("PRAGMA temp_store=FILE")
+                self._migrate(new=not existed)
         except sqlite3.DatabaseError as exc:
             self._join_check()  # the checker's connection first: the last one out removes -wal and -shm
             self.db.close()
@@ -168,6 +161,46 @@ class State:
             self._join_check()
             self.db.close()  # a refused file keeps no connection (nor -wal and -shm files) open
             raise
+
+    def _create(self) -> None:
+        """A new state file appears whole: made under a temporary name, then linked into place.
+
+        Another process opening the path meanwhile never sees an empty file (which would be
+        refused as truncated); when two create it at once, one link wins and both use it.
+        """
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.new")
+        try:
+            self.db = sqlite3.connect(tmp, timeout=30, isolation_level=None)
+            try:
+                self._migrate(new=True)
+            finally:
+                self.db.close()
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another process created it first: use theirs
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot create state file {self.path}: {exc}") from None
+        except OSError as exc:
+            raise StateError(f"cannot create state file {self.path}: {exc.strerror}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        return connect_readonly(self.path)
+
+    def _check_schema(self) -> None:
+        """A file opened read-only is not migrated: refuse one written by a newer flexingest."""
+        has_table = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'migrations'").fetchone()
+        if not has_table:
+            raise StateError(self._refusal("it has no flexingest tables (no pass has completed its set-up)"))
+        applied = {r[0] for r in self.db.execute("SELECT name FROM migrations")}
+        unknown = sorted(applied - {name for name, _ in MIGRATIONS})
+        if unknown:
+            raise StateError(self._refusal(
+                f"it was written by a newer flexingest (schema {unknown[-1]}); upgrade flexingest"))
 
     # ------------------------------------------------------------------ opening
 
@@ -206,13 +239,14 @@ class State:
     def _start_quick_check(self) -> None:
         def check() -> None:
             try:
-                con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+                con = connect_readonly(self.path)
                 try:
                     rows = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
                 finally:
                     con.close()
                 if rows != ["ok"]:
-                    self._check_error = "it is corrupt (" + "; ".join(rows[:3]) + ")"
+                    found = [line.strip() for row in rows[:3] for line in str(row).splitlines() if line.strip()]
+                    self._check_error = "it is corrupt (" + "; ".join(found) + ")"
             except sqlite3.Error as exc:
                 self._check_error = f"it is corrupt (SQLite says: {exc})"
 
@@ -238,6 +272,11 @@ class State:
                                            f"{', '.join(sorted(tables)[:5])})"))
 
     def _migrate(self, *, new: bool) -> None:
+        """Apply the migrations this file lacks, each in its own write transaction.
+
+        Which ones are applied is read again inside each transaction: two processes opening
+        a new file at once both succeed, the second finding the work done.
+        """
         db = self.db
         ours = db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
         has_table = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'migrations'").fetchone()
@@ -246,8 +285,7 @@ class State:
                 db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
         applied = {r[0] for r in db.execute("SELECT name FROM migrations")}
-        known = {name for name, _ in MIGRATIONS}
-        unknown = sorted(applied - known)
+        unknown = sorted(applied - {name for name, _ in MIGRATIONS})
         if unknown:
             raise StateError(self._refusal(
                 f"it was written by a newer flexingest (schema {unknown[-1]}); upgrade flexingest"))
@@ -255,6 +293,8 @@ class State:
             if name in applied:
                 continue
             with self.transaction():
+                if db.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone():
+                    continue  # another process applied it meanwhile
                 for statement in sql.split(";"):
                     if statement.strip():
                         db.execute(statement)
@@ -331,7 +371,7 @@ class State:
         reason = "'new'" if force else CLASSIFY
         where = "" if everything or force else (
             "WHERE L.skip IS NOT NULL OR O.key IS NULL OR O.version IS NOT L.version "
-            "OR O.status != 'done' OR O.gone_at IS NOT NULL")
+            "OR O.status NOT IN ('done', 'skipped') OR O.gone_at IS NOT NULL")
         with self.transaction(immediate=False):
             db.execute("DROP TABLE IF EXISTS temp.todo")
             db.execute(f"""
@@ -374,6 +414,60 @@ class State:
         """Every listed key with its class and, for filtered keys, why (``--dry-run``)."""
         yield from self.db.execute("SELECT reason, key, skip FROM temp.todo ORDER BY rowid")
 
+    def mark_keys_gone(self, sync: str, keys: Iterable[str]) -> int:
+        """These objects were deleted (a bucket event said so): marked gone, never reprocessed."""
+        keys = list(keys)
+        if not keys:
+            return 0
+        now = now_iso()
+        with self.transaction() as db:
+            return sum(db.execute("""UPDATE objects SET gone_at = ?, updated_at = ? WHERE sync = ? AND key = ?
+                                     AND gone_at IS NULL""", (now, now, sync, key)).rowcount for key in keys)
+
+    def note_events(self, sync: str, messages: int, objects: int, last_event_at: str | None,
+                    lag_seconds: float | None) -> None:
+        """Count what a receive from a sync's queue brought, none included (``status`` shows it;
+        the reconciliation counts as missed what changed before the last receive)."""
+        now = now_iso()
+        with self.transaction() as db:
+            db.execute("""INSERT INTO event_stats (sync, since, messages, objects, last_message_at, last_checked_at,
+                                                   last_event_at, lag_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                          ON CONFLICT (sync) DO UPDATE SET messages = messages + excluded.messages,
+                              objects = objects + excluded.objects,
+                              last_message_at = coalesce(excluded.last_message_at, last_message_at),
+                              last_checked_at = excluded.last_checked_at,
+                              last_event_at = coalesce(excluded.last_event_at, last_event_at),
+                              lag_seconds = coalesce(excluded.lag_seconds, lag_seconds)""",
+                       (sync, now, messages, objects, now if messages else None, now, last_event_at, lag_seconds))
+
+    def event_stats(self) -> dict[str, dict[str, Any]]:
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'event_stats'").fetchone():
+            return {}  # a state file of a flexingest before events (status reads, never migrates)
+        return {r["sync"]: {k: r[k] for k in r.keys() if k != "sync"}
+                for r in self.db.execute("SELECT * FROM event_stats")}
+
+    def missed_by_events(self, since: str, before: float) -> int:
+        # ``since``, ``before``: the first receive of events, and the last receive minus their lateness
+        """Of the last plan, the new and changed objects modified after events were consumed
+        (``since``, ISO) and before ``before`` (epoch seconds): what events did not announce."""
+        from datetime import datetime
+
+        start = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
+        row = self.db.execute("""SELECT count(*) FROM temp.todo WHERE reason IN ('new', 'changed')
+                                 AND modified IS NOT NULL AND modified > ? AND modified < ?""",
+                              (start, before)).fetchone()
+        return int(row[0])
+
+    def would_be_gone(self, sync: str) -> Iterator[str]:
+        """The keys :meth:`mark_gone` would mark (``--dry-run``)."""
+        if not self._gone_possible:
+            return
+        self.db.execute("CREATE INDEX IF NOT EXISTS temp.listing_key ON listing (key)")
+        for row in self.db.execute("""SELECT key FROM objects WHERE sync = ? AND gone_at IS NULL
+                                      AND NOT EXISTS (SELECT 1 FROM temp.listing L WHERE L.key = objects.key)
+                                      ORDER BY key""", (sync,)):
+            yield row[0]
+
     def mark_gone(self, sync: str) -> int:
         """Objects of the sync that the (complete) listing no longer shows."""
         if not self._gone_possible:
@@ -399,9 +493,15 @@ class State:
     # ------------------------------------------------------------------ outcomes
 
     def record(self, sync: str, outcomes: list[Outcome], max_attempts: int) -> dict[str, int]:
-        """Commit a batch of outcomes in one transaction; returns how many became dead."""
+        """Commit a batch of outcomes in one transaction; returns how many became dead.
+
+        A failure counts one attempt; ``max_attempts`` of them make the object dead. A
+        transient failure (an outage) counts none; a permanent one makes it dead at once.
+        A new version starts the count again.
+        """
         now = now_iso()
         dead = 0
+        same = "objects.version = excluded.version"
         with self.transaction() as db:
             for o in outcomes:
                 if o.status == "gone":
@@ -412,35 +512,37 @@ class State:
                                       updated_at = excluded.updated_at""",
                                (sync, o.key, o.version, o.size, o.modified, now, now))
                     continue
-                attempts_sql = "CASE WHEN objects.version = excluded.version THEN objects.attempts + 1 ELSE 1 END"
-                if o.status == "done":
+                if o.status in ("done", "skipped"):
                     db.execute(f"""INSERT INTO objects (sync, key, version, size, modified, status, attempts,
                                                         error, processed_at, gone_at, updated_at)
-                                   VALUES (?, ?, ?, ?, ?, 'done', 1, ?, ?, NULL, ?)
+                                   VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, NULL, ?)
                                    ON CONFLICT (sync, key) DO UPDATE SET
-                                       attempts = {attempts_sql}, version = excluded.version,
-                                       size = excluded.size, modified = excluded.modified, status = 'done',
+                                       attempts = CASE WHEN {same} THEN objects.attempts + 1 ELSE 1 END,
+                                       version = excluded.version, size = excluded.size,
+                                       modified = excluded.modified, status = excluded.status,
                                        error = excluded.error, processed_at = excluded.processed_at,
                                        gone_at = NULL, updated_at = excluded.updated_at""",
-                               (sync, o.key, o.version, o.size, o.modified, _text(o.error), now, now))
-                else:
-                    row = db.execute(f"""INSERT INTO objects (sync, key, version, size, modified, status, attempts,
-                                                              error, gone_at, updated_at)
-                                   VALUES (:sync, :key, :version, :size, :modified,
-                                           CASE WHEN 1 >= :max AND NOT :transient THEN 'dead' ELSE 'failed' END,
-                                           1, :error, NULL, :now)
-                                   ON CONFLICT (sync, key) DO UPDATE SET
-                                       attempts = {attempts_sql},
-                                       status = CASE WHEN {attempts_sql} >= :max AND NOT :transient
-                                                     THEN 'dead' ELSE 'failed' END,
-                                       version = excluded.version, size = excluded.size,
-                                       modified = excluded.modified, error = excluded.error,
-                                       gone_at = NULL, updated_at = excluded.updated_at
-                                   RETURNING status""",
-                                     {"sync": sync, "key": o.key, "version": o.version, "size": o.size,
-                                      "modified": o.modified, "error": _text(o.error), "max": max_attempts,
-                                      "now": now, "transient": int(o.transient)}).fetchone()
-                    dead += row[0] == "dead"
+                               (sync, o.key, o.version, o.size, o.modified, o.status, _text(o.error), now, now))
+                    continue
+                charge = 0 if o.transient else 1
+                attempts = f"CASE WHEN {same} THEN objects.attempts + :charge ELSE :charge END"
+                row = db.execute(f"""INSERT INTO objects (sync, key, version, size, modified, status, attempts,
+                                                          error, gone_at, updated_at)
+                               VALUES (:sync, :key, :version, :size, :modified,
+                                       CASE WHEN :permanent OR (:charge AND 1 >= :max) THEN 'dead' ELSE 'failed' END,
+                                       :charge, :error, NULL, :now)
+                               ON CONFLICT (sync, key) DO UPDATE SET
+                                   attempts = {attempts},
+                                   status = CASE WHEN :permanent OR (:charge AND {attempts} >= :max)
+                                                 THEN 'dead' ELSE 'failed' END,
+                                   version = excluded.version, size = excluded.size,
+                                   modified = excluded.modified, error = excluded.error,
+                                   gone_at = NULL, updated_at = excluded.updated_at
+                               RETURNING status""",
+                                 {"sync": sync, "key": o.key, "version": o.version, "size": o.size,
+                                  "modified": o.modified, "error": _text(o.error), "max": max_attempts,
+                                  "now": now, "charge": charge, "permanent": int(o.permanent)}).fetchone()
+                dead += row[0] == "dead"
         return {"dead": dead}
 
     def retry(self, sync: str | None = None) -> int:
@@ -453,14 +555,19 @@ class State:
 
     # ------------------------------------------------------------------ runs and status
 
-    def start_run(self, sync: str, kind: str, started_at: str | None = None) -> int:
+    def start_run(self, sync: str, kind: str, started_at: str | None = None, *, executor: str | None = None) -> int:
+        """Record the start of a pass. Its caller holds the state lock, so a run of this sync
+        that never recorded its end belongs to a process that died (kill -9, power loss)."""
         with self.transaction() as db:
-            cur = db.execute("INSERT INTO runs (sync, kind, started_at) VALUES (?, ?, ?)",
-                             (sync, kind, started_at or now_iso()))
+            db.execute("""UPDATE runs SET result = 'killed', ended_at = NULL,
+                          error = 'the process stopped before it recorded the end of this pass'
+                          WHERE sync = ? AND ended_at IS NULL AND result IS NULL""", (sync,))
+            cur = db.execute("INSERT INTO runs (sync, kind, started_at, executor) VALUES (?, ?, ?, ?)",
+                             (sync, kind, started_at or now_iso(), executor))
             return int(cur.lastrowid or 0)
 
     def finish_run(self, run_id: int, counts: dict[str, int], result: str, error: str | None = None) -> None:
-        cols = ("listed", "new", "changed", "done", "failed", "dead", "gone")
+        cols = ("listed", "new", "changed", "done", "failed", "dead", "gone", "missed")
         with self.transaction() as db:
             db.execute(f"""UPDATE runs SET ended_at = ?, result = ?, error = ?,
                            {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?""",
@@ -472,14 +579,15 @@ class State:
         for r in self.db.execute("""
                 SELECT sync,
                        sum(gone_at IS NULL AND status = 'done') AS done,
+                       sum(gone_at IS NULL AND status = 'skipped') AS skipped,
                        sum(gone_at IS NULL AND status = 'failed') AS failed,
                        sum(gone_at IS NULL AND status = 'dead') AS dead,
                        sum(gone_at IS NULL AND status = 'pending') AS pending,
                        sum(gone_at IS NOT NULL) AS gone
                 FROM objects GROUP BY sync"""):
-            out[r["sync"]] = {k: r[k] for k in ("done", "failed", "dead", "pending", "gone")}
+            out[r["sync"]] = {k: r[k] for k in STATUS_COUNTS}
         for r in self.db.execute("""SELECT * FROM runs WHERE id IN (SELECT max(id) FROM runs GROUP BY sync)"""):
-            entry = out.setdefault(r["sync"], {k: 0 for k in ("done", "failed", "dead", "pending", "gone")})
+            entry = out.setdefault(r["sync"], dict.fromkeys(STATUS_COUNTS, 0))
             entry["last_run"] = {k: r[k] for k in r.keys() if k not in ("id", "sync")}
         return out
 
@@ -493,46 +601,3 @@ class State:
     def objects(self, sync: str) -> list[sqlite3.Row]:
         """Every row of a sync (for tests and small inspections)."""
         return self.db.execute("SELECT * FROM objects WHERE sync = ? ORDER BY key", (sync,)).fetchall()
-
-
-# ---------------------------------------------------------------------- lock
-
-
-class StateLock:
-    """An exclusive lock on a state file, held through ``<state>.lock`` (flock).
-
-    The lock dies with its process, ``kill -9`` included, so a crash never leaves a
-    stale lock behind. The file holds the holder's pid, for the message of the next.
-    """
-
-    def __init__(self, state_path: str | os.PathLike[str]) -> None:
-        self.path = Path(f"{state_path}.lock")
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = None
-            with contextlib.suppress(ValueError, OSError):
-                time.sleep(0.05)  # the holder may be writing its pid right now
-                pid = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
-            os.close(fd)
-            raise StateLocked(str(self.path), pid) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> StateLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

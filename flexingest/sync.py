@@ -3,81 +3,62 @@
 1. List the connector under the sync's prefix, page by page, into the state's
    temporary listing table (filters applied as each key arrives).
 2. Diff the listing against the state in SQL: new, changed, retry, done, dead, filtered.
-3. Push new/changed/retry objects through the steps, ``concurrency`` at a time, in
-   worker threads; commit outcomes in batches, after every step has flushed.
+3. Push new/changed/retry objects through the steps, ``concurrency`` at a time
+   (:mod:`flexingest.processing`: in this process's threads, or in batches to the workers
+   of an executor, :mod:`flexingest.executors`); outcomes are committed in batches after
+   every step has made its outputs durable.
 4. If the listing was complete, mark what it no longer shows as gone. Record the run.
 
 An object becomes ``done`` only after every step succeeded and its row is committed;
-anything in flight when the process dies is simply processed again next time.
+anything in flight when the process dies is simply processed again next time. After a
+stop is requested no object starts; those in flight get the grace time, then the pass
+returns without them (they are processed again by the next pass).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import random
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable
 
-from .connectors import ObjectInfo, Source, Storage, _translate, open_connector
-from .exceptions import FlexingestError, ObjectGone, ObjectSkipped, StateError, StepError
+from .connectors import Storage, open_connector
+from .exceptions import FlexingestError, ObjectGone, StateError
+from .objects import ObjectInfo
+from .processing import (
+    Committer,
+    Processing,
+    ProgressCallback,
+    StopToken,
+    build_steps,
+    close_steps,
+)
 from .state import Outcome, State, now_iso
-from .steps import Step, StepContext
+from .steps import Step
 
 if TYPE_CHECKING:
-    from fsspec import AbstractFileSystem
-
     from .config import Pipeline, Sync
+    from .events.base import Message
+    from .events.messages import ObjectEvent
+    from .executors import Executor, WorkerSpec
+
+__all__ = ["PassResult", "ProgressCallback", "StopToken", "build_steps", "process_keys", "run_pass"]
 
 log = logging.getLogger(__name__)
 
-COMMIT_EVERY = 0.5  # seconds between state commits while processing
-COMMIT_BATCH = 500  # or this many outcomes, whichever comes first
-TRANSIENT_RETRIES = 2  # in-pass retries of an object that failed transiently (the clients retry too)
-BACKOFF = 0.5  # first retry delay, doubled each time (with jitter)
-BREAKER = 3  # this many objects in a row failing transiently: storage is down, stop the pass
-
-
-class StopToken:
-    """Asks a pass to stop taking new objects; in-flight ones get ``grace`` seconds."""
-
-    def __init__(self, grace: float = 30.0) -> None:
-        self.grace = grace
-        self._event = threading.Event()
-        self.deadline: float | None = None
-
-    def request(self) -> None:
-        if not self._event.is_set():
-            self.deadline = time.monotonic() + self.grace
-            self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._event.wait(timeout)
-
-    def remaining(self) -> float | None:
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-
-
-#: Called as objects finish: (objects finished, objects to process, bytes finished).
-ProgressCallback = Callable[[int, int, int], None]
+COUNTS = ("listed", "new", "changed", "retry", "done", "skipped", "failed", "dead", "gone")
 
 
 @dataclass
 class PassResult:
     sync: str
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     seconds: float = 0.0
     error: str | None = None
     interrupted: bool = False
     outcomes: list[Outcome] = field(default_factory=list)  # filled by `process` only
+    kind: str = "pass"  # or "events": objects a batch of bucket events announced
 
     @property
     def ok(self) -> bool:
@@ -85,9 +66,14 @@ class PassResult:
 
     def summary(self) -> str:
         c = self.counts
-        text = (f"{self.sync}: listed {c.get('listed', 0)}, new {c.get('new', 0)}, changed {c.get('changed', 0)}, "
-                f"retried {c.get('retry', 0)}, done {c.get('done', 0)}, failed {c.get('failed', 0)}, "
+        skipped = f", skipped {c['skipped']}" if c.get("skipped") else ""
+        head = (f"{self.sync}: events: {c.get('messages', 0)} message(s), {c.get('listed', 0)} object(s)"
+                if self.kind == "events" else f"{self.sync}: listed {c.get('listed', 0)}")
+        text = (f"{head}, new {c.get('new', 0)}, changed {c.get('changed', 0)}, "
+                f"retried {c.get('retry', 0)}, done {c.get('done', 0)}{skipped}, failed {c.get('failed', 0)}, "
                 f"dead {c.get('dead', 0)}, gone {c.get('gone', 0)} in {self.seconds:.1f}s")
+        if "missed" in c:
+            text += f"; missed by events {c['missed']}"
         if self.interrupted:
             text += " (stopped early: the rest is processed on the next pass)"
         if self.error:
@@ -95,289 +81,41 @@ class PassResult:
         return text
 
 
-def step_context(pipeline: Pipeline) -> StepContext:
-    """How steps of this pipeline open destinations: a URL, or a path in a connector."""
-    import os
-
-    def open_destination(url: str, connector: str | None) -> tuple[AbstractFileSystem, str]:
-        if connector is not None:
-            storage = open_connector(pipeline.connector(connector), pipeline.base_dir)
-            if "://" in url:  # a URL of the connector's own kind: any bucket its credentials open
-                from .loader import destination_url_problem
-
-                problem = destination_url_problem(url, connector, storage.kind)
-                if problem:
-                    raise FlexingestError(f"destination {url}: {problem}")
-                return storage.fs, storage.fs._strip_protocol(url).rstrip("/")
-            if storage.kind == "local":
-                return storage.fs, os.path.join(storage.root, url)
-            return storage.fs, f"{storage.root}/{url.strip('/')}".rstrip("/")
-        if "://" not in url:
-            path = Path(url).expanduser()
-            from fsspec.implementations.local import LocalFileSystem
-
-            return LocalFileSystem(), str(path if path.is_absolute() else pipeline.base_dir / path)
-        from fsspec.core import url_to_fs
-
-        try:
-            return url_to_fs(url)  # type: ignore[no-any-return]
-        except ImportError as exc:
-            raise FlexingestError(f"cannot open {url}: {exc}") from None
-
-    return StepContext(base_dir=pipeline.base_dir, open_destination=open_destination)
-
-
-def build_steps(pipeline: Pipeline, sync: Sync | None) -> list[Step]:
-    context = step_context(pipeline)
-    built: list[Step] = []
-    try:
-        for call in pipeline.steps_for(sync):
-            built.append(call.build(context))
-    except FlexingestError:
-        close_steps(built)
-        raise
-    except Exception as exc:  # noqa: BLE001 - a step's constructor failing
-        close_steps(built)
-        raise FlexingestError(f"step {call.name!r} could not start: {type(exc).__name__}: {exc}") from exc
-    return built
-
-
-def close_steps(steps: Iterable[Step]) -> None:
-    for step in steps:
-        try:
-            step.close()
-        except Exception:  # noqa: BLE001
-            log.exception("closing step %s failed", type(step).__name__)
-
-
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z") if ts is not None else None
-
-
 def redactor(pipeline: Pipeline) -> Callable[[str], str]:
     """Masks every secret of the pipeline in a text (errors are stored and shown)."""
-    secrets = sorted(pipeline.secrets(), key=len, reverse=True)
+    from .redact import Redactor
 
-    def redact(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(secret, "**********")
-        return text
-
-    return redact
+    return Redactor(pipeline.secrets()).mask
 
 
-def process_object(storage: Storage, steps: list[Step], info: ObjectInfo, sync: str | None,
-                   stop: StopToken | None = None, redact: Callable[[str], str] | None = None) -> Outcome:
-    """Run one object through the steps; transient failures are retried with backoff."""
-    redact = redact or storage.redact
-    started = time.monotonic()
-    delay = BACKOFF
-    attempt = 0
-    restarts = 0
-    while True:
-        source = Source(storage, info)
-        record: dict[str, Any] = {
-            "connector": storage.name, "sync": sync, "key": info.key, "version": info.version,
-            "size": info.size, "modified": _iso(info.modified), "text": None, "metadata": {},
-        }
-        try:
-            for step in steps:
-                result = step.process(record, source)
-                if not isinstance(result, dict):
-                    raise StepError(f"step {type(step).__name__} returned {type(result).__name__}, not a record")
-                record = result
-            if source.read_version not in (None, info.version) and restarts < 2:
-                # overwritten since the listing: what was read is newer than what was listed,
-                # so process it again as that version, so that the record and the state agree
-                log.info("%s: changed since it was listed; processing the new version", info.key)
-                info = ObjectInfo(info.key, source.read_version, info.size, info.modified)
-                restarts += 1
-                continue
-            log.debug("%s: done in %.3fs", info.key, time.monotonic() - started)
-            return Outcome(info.key, info.version, info.size, info.modified, "done")
-        except ObjectSkipped as exc:
-            return Outcome(info.key, info.version, info.size, info.modified, "done", f"skipped: {exc}")
-        except ObjectGone:
-            return Outcome(info.key, info.version, info.size, info.modified, "gone")
-        except Exception as exc:  # noqa: BLE001 - one bad object never stops the others
-            error = _as_error(exc, storage, info.key)
-            if isinstance(error, ObjectGone):
-                return Outcome(info.key, info.version, info.size, info.modified, "gone")
-            if not isinstance(exc, FlexingestError):
-                log.debug("object %s failed", info.key, exc_info=True)
-            retry = error.transient and not getattr(error, "clients_retried", False)
-            if retry and attempt < TRANSIENT_RETRIES and not (stop and stop.is_set()):
-                attempt += 1
-                log.info("%s: %s (transient; attempt %d of %d in %.1fs)", info.key, error, attempt + 1,
-                         TRANSIENT_RETRIES + 1, delay)
-                time.sleep(delay * (0.5 + random.random()))
-                delay *= 2
-                continue
-            return Outcome(info.key, info.version, info.size, info.modified, "failed", redact(str(error)),
-                           transient=error.transient)
-
-
-def _as_error(exc: Exception, storage: Storage, key: str) -> FlexingestError:
-    """A step's exception as a flexingest error: backend and OS errors translated, bugs named."""
-    if isinstance(exc, FlexingestError):
-        return exc
-    if isinstance(exc, (TypeError, AttributeError, KeyError, ValueError, AssertionError, NameError)):
-        log.debug("object %s: unexpected %s", key, type(exc).__name__, exc_info=True)
-        return StepError(f"{type(exc).__name__}: {exc}")
-    return _translate(exc, storage.describe(key), ObjectGone, storage.redact)
-
-
-class BreakerTripped(FlexingestError):
-    """Objects kept failing with transient errors: the storage (or a destination) is down."""
-
-
-class _Committer:
-    """Collects outcomes and commits them in batches, after the steps made their outputs durable."""
-
-    def __init__(self, state: State, sync: str, steps: list[Step], max_attempts: int,
-                 counts: dict[str, int], keep: list[Outcome] | None) -> None:
-        self.state, self.sync, self.steps, self.max_attempts = state, sync, steps, max_attempts
-        self.counts = counts
-        self.keep = keep
-        self.pending: list[Outcome] = []
-        self.last = time.monotonic()
-
-    def add(self, outcome: Outcome) -> None:
-        self.pending.append(outcome)
-        if len(self.pending) >= COMMIT_BATCH or time.monotonic() - self.last >= COMMIT_EVERY:
-            self.commit()
-
-    def commit(self) -> None:
-        self.last = time.monotonic()
-        if not self.pending:
-            return
-        batch, self.pending = self.pending, []
-        try:
-            for step in self.steps:
-                step.flush()
-        except Exception as exc:  # noqa: BLE001 - outputs not durable: do not record them done
-            message = f"could not make outputs durable: {exc}"
-            log.error("%s: %s", self.sync, message)
-            batch = [Outcome(o.key, o.version, o.size, o.modified, "failed", message)
-                     if o.status == "done" else o for o in batch]
-        result = self.state.record(self.sync, batch, self.max_attempts)
-        for o in batch:
-            status = "skipped" if o.status == "done" and (o.error or "").startswith("skipped:") else o.status
-            self.counts[status] = self.counts.get(status, 0) + 1
-            if status == "skipped":
-                self.counts["done"] = self.counts.get("done", 0) + 1
-        self.counts["dead"] = self.counts.get("dead", 0) + result["dead"]
-        self.counts["failed"] = self.counts.get("failed", 0) - result["dead"]
-        if self.keep is not None:
-            self.keep.extend(batch)
-        for o in batch:
-            if o.status == "failed":
-                log.warning("%s: %s failed: %s", self.sync, o.key, o.error)
-
-
-def _process_planned(storage: Storage, steps: list[Step], state: State, sync_name: str, record_as: str | None,
-                     concurrency: int, max_attempts: int, total: int, counts: dict[str, int],
-                     stop: StopToken | None, on_progress: ProgressCallback | None,
-                     redact: Callable[[str], str], keep: list[Outcome] | None = None) -> bool:
-    """Process the state's planned keys; returns False if stopped before the end."""
-    committer = _Committer(state, sync_name, steps, max_attempts, counts, keep)
-    executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"flexingest-{sync_name}")
-    in_flight: dict[Future[Outcome], ObjectInfo] = {}
-    finished_queue: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()  # O(1) per object
-    finished = 0
-    finished_bytes = 0
-    complete = True
-    in_a_row = 0  # transient failures in a row: the circuit breaker
-
-    def collect(timeout: float) -> None:
-        nonlocal finished, finished_bytes, in_a_row
-        if not in_flight:
-            return
-        done: list[Future[Outcome]] = []
-        try:
-            done.append(finished_queue.get(timeout=timeout) if timeout > 0 else finished_queue.get_nowait())
-            while True:
-                done.append(finished_queue.get_nowait())
-        except queue.Empty:
-            pass
-        for future in done:
-            info = in_flight.pop(future)
-            outcome = future.result()
-            committer.add(outcome)
-            in_a_row = in_a_row + 1 if outcome.status == "failed" and outcome.transient else 0
-            if in_a_row >= BREAKER and not tripped:
-                tripped.append(outcome.error or "")
-                log.error("%s: %d objects in a row failed with transient errors (%s); stopping this pass, "
-                          "the rest is left for the next one", sync_name, in_a_row, outcome.error)
-            finished += 1
-            finished_bytes += info.size or 0
-            if on_progress:
-                on_progress(finished, total, finished_bytes)
-        if not done:
-            committer.commit()
-
-    tripped: list[str] = []
-    try:
-        for batch in state.planned():
-            for row in batch:
-                if (stop is not None and stop.is_set()) or tripped:
-                    complete = False
-                    break
-                while len(in_flight) >= concurrency * 2:
-                    collect(COMMIT_EVERY)
-                info = ObjectInfo(row["key"], row["version"], row["size"], row["modified"])
-                future = executor.submit(process_object, storage, steps, info, record_as, stop, redact)
-                in_flight[future] = info
-                future.add_done_callback(finished_queue.put)
-            if not complete:
-                break
-            collect(0)
-        while in_flight and tripped:
-            collect(COMMIT_EVERY)
-        while in_flight:
-            if stop is not None and stop.is_set():
-                complete = False
-                remaining = stop.remaining()
-                if remaining is not None and remaining <= 0:
-                    log.warning("%s: grace time over; %d object(s) still in flight are left for the next pass",
-                                sync_name, len(in_flight))
-                    break
-                collect(min(COMMIT_EVERY, remaining if remaining is not None else COMMIT_EVERY))
-            else:
-                collect(COMMIT_EVERY)
-    except BaseException:
-        executor.shutdown(wait=False, cancel_futures=True)
-        try:
-            committer.commit()  # keep what finished, if the state can still take it
-        except FlexingestError as exc:
-            log.error("%s: %s", sync_name, exc)
-        raise
-    committer.commit()
-    executor.shutdown(wait=not in_flight, cancel_futures=True)
-    if tripped:
-        raise BreakerTripped(f"stopped after {BREAKER} objects in a row failed transiently; last: {tripped[0]}")
-    return complete
+# --------------------------------------------------------------------------- passes
 
 
 def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | None = None,
              dry_run: bool = False, on_progress: ProgressCallback | None = None,
-             on_explain: Callable[[str, str, str | None], None] | None = None) -> PassResult:
-    """One pass of ``sync``: see the module docstring."""
+             on_explain: Callable[[str, str, str | None], None] | None = None,
+             storage: Storage | None = None, executor: Executor | None = None) -> PassResult:
+    """One pass of ``sync``: see the module docstring. ``storage`` is the opened connector
+    (the service keeps one per connector for its life); by default the pass opens it.
+    ``executor``: where the steps run (None: threads of this process)."""
     started = time.monotonic()
     result = PassResult(sync.name)
     counts = result.counts
+    redact = redactor(pipeline)
     steps: list[Step] = []
+    spec: WorkerSpec | None = None
     listing_complete = False
     state_failed = False
     run_id = None
     started_at = now_iso()
     try:
-        storage = open_connector(pipeline.connector(sync.connector), pipeline.base_dir)
+        if storage is None:
+            storage = open_connector(pipeline.connector(sync.connector), pipeline.base_dir)
         if not dry_run:
-            steps = build_steps(pipeline, sync)
+            steps, spec = _steps_for(pipeline, sync, storage.name, executor)
         listing_complete = _list(storage, sync, state, stop)
         if not dry_run:  # the first write: after the state's integrity check, run beside the listing
-            run_id = state.start_run(sync.name, "pass", started_at)
+            run_id = state.start_run(sync.name, "pass", started_at, executor=_describe(executor))
         plan = state.plan(sync.name, ignore_changes=sync.on_change == "ignore", everything=dry_run)
         counts.update({k: plan.counts.get(k, 0) for k in ("new", "changed", "retry")})
         counts["listed"] = plan.listed
@@ -390,24 +128,33 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
             if on_explain:
                 for reason, key, skip in state.explain():
                     on_explain(reason, key, skip)
+                if listing_complete:
+                    for key in state.would_be_gone(sync.name):
+                        on_explain("gone", key, "no longer listed: would be marked gone")
             return result
         state.unmark_gone(sync.name)  # listed again: back (before objects gone meanwhile are marked)
+        if sync.events is not None and listing_complete:
+            _count_missed(state, sync, counts)
         if plan.to_process and not result.interrupted:
             log.info("%s: %d to process (%d new, %d changed, %d to retry) of %d listed", sync.name,
                      plan.to_process, counts["new"], counts["changed"], counts["retry"], counts["listed"])
-            complete = _process_planned(storage, steps, state, sync.name, sync.name, sync.concurrency,
-                                        sync.max_attempts, plan.to_process, counts, stop, on_progress,
-                                        redactor(pipeline))
-            result.interrupted = result.interrupted or not complete
+            committer = Committer(state, sync.name, steps, sync.max_attempts, counts, None)
+            processing = _processing(storage, steps, spec, committer, executor, record_as=sync.name,
+                                     concurrency=sync.concurrency, total=plan.to_process, stop=stop,
+                                     on_progress=on_progress, redact=redact)
+            complete = processing.run(state.planned())
+            if processing.breaker.tripped:
+                result.error = redact(processing.breaker.reason or "")
+            result.interrupted = result.interrupted or (not complete and not processing.breaker.tripped)
         if listing_complete:
-            counts["gone"] = counts.get("gone", 0) + state.mark_gone(sync.name)
+            counts["gone"] += state.mark_gone(sync.name)
     except StateError:
         state_failed = True  # the state file itself: not this sync's failure, the whole run's
         raise
     except FlexingestError as exc:
-        result.error = redactor(pipeline)(str(exc))
+        result.error = redact(str(exc))
     except Exception as exc:
-        result.error = redactor(pipeline)(f"unexpected {type(exc).__name__}: {exc}")  # recorded, then raised
+        result.error = redact(f"unexpected {type(exc).__name__}: {exc}")  # recorded, then raised
         raise
     finally:
         close_steps(steps)
@@ -419,7 +166,7 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
                 "interrupted" if result.interrupted else "ok")
             try:
                 if run_id is None:
-                    run_id = state.start_run(sync.name, "pass", started_at)
+                    run_id = state.start_run(sync.name, "pass", started_at, executor=_describe(executor))
                 state.finish_run(run_id, counts, outcome, result.error)
             except FlexingestError as exc:
                 result.error = result.error or str(exc)
@@ -446,7 +193,7 @@ def _list(storage: Storage, sync: Sync, state: State, stop: StopToken | None) ->
 
 def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], *, sync: Sync | None,
                  state: State, stop: StopToken | None = None,
-                 on_progress: ProgressCallback | None = None) -> PassResult:
+                 on_progress: ProgressCallback | None = None, executor: Executor | None = None) -> PassResult:
     """``flexingest process``: exactly these keys, now, whatever the state says.
 
     With a sync, outcomes are recorded under it (a later pass will not redo them).
@@ -455,10 +202,12 @@ def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], 
     name = sync.name if sync is not None else "process"
     result = PassResult(name)
     counts = result.counts
+    redact = redactor(pipeline)
     steps: list[Step] = []
     try:
-        storage = open_connector(pipeline.connector(connector_ref), pipeline.base_dir)
-        steps = build_steps(pipeline, sync)
+        connector = pipeline.connector(connector_ref)
+        storage = open_connector(connector, pipeline.base_dir)
+        steps, spec = _steps_for(pipeline, sync, connector.name, executor)
         concurrency = sync.concurrency if sync is not None else 8
         infos: list[ObjectInfo] = []
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -468,25 +217,164 @@ def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], 
                     infos.append(info)
                 else:
                     status = "gone" if isinstance(error, ObjectGone) else "failed"
-                    counts[status] = counts.get(status, 0) + 1
-                    result.outcomes.append(Outcome(key, "", None, None, status, str(error)))
+                    counts[status] += 1
+                    result.outcomes.append(Outcome(key, "", None, None, status, redact(str(error))))
         state.begin_listing()
         state.add_keys((i.key, i.version, i.size, i.modified) for i in infos)
         plan = state.plan(name, force=True)
         counts["listed"] = len(infos)
         counts["new"] = plan.to_process
-        complete = _process_planned(storage, steps, state, name, sync.name if sync else None, concurrency,
-                                    sync.max_attempts if sync else 3, plan.to_process, counts, stop, on_progress,
-                                    redactor(pipeline), keep=result.outcomes)
-        result.interrupted = not complete
+        committer = Committer(state, name, steps, sync.max_attempts if sync else 3, counts, result.outcomes)
+        processing = _processing(storage, steps, spec, committer, executor, record_as=sync.name if sync else None,
+                                 concurrency=concurrency, total=plan.to_process, stop=stop,
+                                 on_progress=on_progress, redact=redact)
+        complete = processing.run(state.planned())
+        if processing.breaker.tripped:
+            result.error = redact(processing.breaker.reason or "")
+        result.interrupted = not complete and not processing.breaker.tripped
     except StateError:
         raise
     except FlexingestError as exc:
-        result.error = redactor(pipeline)(str(exc))
+        result.error = redact(str(exc))
     finally:
         close_steps(steps)
         result.seconds = time.monotonic() - started
     return result
+
+
+def _count_missed(state: State, sync: Sync, counts: dict[str, int]) -> None:
+    """The reconciliation of a sync with events: objects new or changed in the listing although
+    they changed while events were consumed, longer than ``lateness`` before the last receive
+    from the queue: the notifications missed them (or the queue dropped them)."""
+    from datetime import datetime
+
+    stats = state.event_stats().get(sync.name, {})
+    if not stats.get("since") or not stats.get("last_checked_at") or sync.events is None:
+        return  # events never consumed yet: this listing is the backfill
+    checked = datetime.fromisoformat(stats["last_checked_at"].replace("Z", "+00:00")).timestamp()
+    counts["missed"] = state.missed_by_events(stats["since"], checked - sync.events.lateness.total_seconds())
+    if counts["missed"]:
+        log.warning("%s: the reconciliation listing found %d object(s) that events did not announce: check the "
+                    "bucket's notifications to the queue", sync.name, counts["missed"])
+
+
+def process_events(pipeline: Pipeline, sync: Sync, state: State, messages: list[Message], *,
+                   storage: Storage | None = None, stop: StopToken | None = None,
+                   executor: Executor | None = None, on_progress: ProgressCallback | None = None) -> PassResult:
+    """The objects a batch of bucket-event messages names, through the same diff and steps as a pass.
+
+    Each created object is looked at now (a notification may be stale, or the object gone
+    since); the diff then decides as for a listing: a duplicate event, or one for a version
+    already processed, processes nothing. Deleted objects are marked gone. A message is
+    acknowledged once every object it names is committed (done, failed, skipped or filtered);
+    one with an object left in flight (a stop) is not, and is delivered again.
+    """
+    started = time.monotonic()
+    result = PassResult(sync.name, kind="events")
+    counts = result.counts
+    counts["messages"] = len(messages)
+    redact = redactor(pipeline)
+    steps: list[Step] = []
+    unsettled: set[str] = set()
+    usable = [m for m in messages if m.events]
+    try:
+        for m in messages:
+            if m.invalid_reason:
+                log.warning("%s: message %s is not a bucket notification (%s); it is left to the queue (its "
+                            "dead-letter policy)", sync.name, m.id, m.invalid_reason)
+        latest: dict[str, ObjectEvent] = {}
+        for m in usable:
+            for event in m.events:
+                if event.key.startswith(sync.prefix) and not event.key.endswith("/"):
+                    latest[event.key] = event  # in order of arrival: the last word on a key wins
+        if storage is None:
+            storage = open_connector(pipeline.connector(sync.connector), pipeline.base_dir)
+        counts["listed"] = len(latest)  # the objects the messages name
+        created = [k for k, e in latest.items() if e.kind == "created"]
+        deleted = [k for k, e in latest.items() if e.kind == "deleted"]
+        infos: list[ObjectInfo] = []
+        with ThreadPoolExecutor(max_workers=max(1, min(sync.concurrency, len(created) or 1))) as pool:
+            for key, info, error in pool.map(lambda k: _lookup(storage, k), created):
+                if info is not None:
+                    infos.append(info)
+                elif isinstance(error, ObjectGone):
+                    deleted.append(key)  # created, then deleted before we looked
+                else:
+                    unsettled.add(key)
+                    log.warning("%s: %s", sync.name, error)
+        if infos:
+            steps, spec = _steps_for(pipeline, sync, storage.name, executor)
+            now = time.time()
+            state.begin_listing()
+            state.add_listing([(*i, sync.skip_reason(i.key, i.size, None if i.modified is None else now - i.modified))
+                               for i in infos])
+            plan = state.plan(sync.name, ignore_changes=sync.on_change == "ignore")
+            counts.update({k: plan.counts.get(k, 0) for k in ("new", "changed", "retry")})
+            if plan.to_process:
+                kept: list[Outcome] = []
+                committer = Committer(state, sync.name, steps, sync.max_attempts, counts, kept)
+                processing = _processing(storage, steps, spec, committer, executor, record_as=sync.name,
+                                         concurrency=sync.concurrency, total=plan.to_process, stop=stop,
+                                         on_progress=on_progress, redact=redact)
+                planned = [row["key"] for batch in state.planned() for row in batch]
+                complete = processing.run(state.planned())
+                committed = {o.key for o in kept}
+                unsettled.update(k for k in planned if k not in committed)
+                if processing.breaker.tripped:
+                    result.error = redact(processing.breaker.reason or "")
+                result.interrupted = not complete and not processing.breaker.tripped
+        counts["gone"] += state.mark_keys_gone(sync.name, deleted)
+        times = [e.time for e in latest.values() if e.time is not None]
+        last = max(times) if times else None
+        state.note_events(sync.name, len(messages), len(latest),
+                          last.isoformat(timespec="seconds").replace("+00:00", "Z") if last else None,
+                          max(0.0, time.time() - last.timestamp()) if last else None)
+    except StateError:
+        raise
+    except FlexingestError as exc:
+        result.error = redact(str(exc))
+        unsettled.update(latest if "latest" in dir() else ())
+    finally:
+        close_steps(steps)
+        result.seconds = time.monotonic() - started
+    settle = [m for m in messages if m.ignored_reason or (m.events and not any(
+        e.key in unsettled for e in m.events))]
+    if result.error is None or settle:
+        try:
+            if settle:
+                settle[0].source.ack_all(settle)
+        except FlexingestError as exc:
+            log.warning("%s: %s (those messages come again; what they name is already recorded)", sync.name, exc)
+    counts["acked"] = len(settle)
+    return result
+
+
+def _describe(executor: Executor | None) -> str:
+    return "threads" if executor is None else executor.describe()
+
+
+def _steps_for(pipeline: Pipeline, sync: Sync | None, connector: str,
+               executor: Executor | None) -> tuple[list[Step], WorkerSpec | None]:
+    """The steps this process builds: all of them with threads; with an executor, only those
+    that run on the coordinator (the workers build theirs), and the workers' spec."""
+    if executor is None:
+        return build_steps(pipeline, sync), None
+    from .executors import WorkerSpec, check_secrets, split_steps
+
+    calls = pipeline.steps_for(sync)
+    on_workers = split_steps(calls)
+    check_secrets(pipeline, executor)
+    spec = WorkerSpec(str(pipeline.path.resolve()), pipeline.path.read_text(encoding="utf-8"),
+                      sync.name if sync is not None else None, connector, sync.name if sync is not None else None,
+                      on_workers)
+    return build_steps(pipeline, sync, start=on_workers), spec
+
+
+def _processing(storage: Storage, steps: list[Step], spec: WorkerSpec | None, committer: Committer,
+                executor: Executor | None, **options: Any) -> Processing:
+    if executor is None:
+        return Processing(storage, steps, committer, **options)
+    return Processing(storage, [], committer, executor=executor, spec=spec, coordinator_steps=steps, **options)
 
 
 def _lookup(storage: Storage, key: str) -> tuple[str, ObjectInfo | None, FlexingestError | None]:
@@ -496,3 +384,4 @@ def _lookup(storage: Storage, key: str) -> tuple[str, ObjectInfo | None, Flexing
         return key, None, ObjectGone(f"{storage.describe(key)}: not found")  # no listing to have been deleted after
     except FlexingestError as exc:
         return key, None, exc
+

@@ -1,17 +1,21 @@
 from __future__ import annotations
 
 import os
-
-# Must happen before anything imports gcsfs: otherwise every GCS bucket operation stalls ~40 s
-# trying gRPC over TLS against the plain-HTTP emulator.
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-
 import pathlib  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 
 import pytest  # noqa: E402
-from servers import Server, start_azurite, start_fake_gcs, start_moto  # noqa: E402
+from servers import (  # noqa: E402
+    PUBSUB_PROJECT,
+    Server,
+    pubsub_request,
+    start_azurite,
+    start_azurite_queue,
+    start_fake_gcs,
+    start_moto,
+    start_pubsub_emulator,
+)
 from stores import KINDS, Store, make_store  # noqa: E402
 
 # ============================================================================================
@@ -71,6 +75,35 @@ def gcs_server() -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def azure_server() -> Iterator[Server]:
     server = start_azurite()
+    yield server
+    server.stop()
+
+
+# Servers for bucket events (tests/test_events.py): moto's s3_server also serves SQS, SNS and
+# EventBridge; Pub/Sub is the Google Cloud CLI's emulator, fed by a fake-gcs-server of its own
+# (its notifications are global to the server, so it holds only the event tests' buckets).
+GCS_EVENTS_TOPIC = "gcs-events"
+
+
+@pytest.fixture(scope="session")
+def pubsub_server() -> Iterator[Server]:
+    server = start_pubsub_emulator()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_events_server(pubsub_server: Server) -> Iterator[Server]:
+    """fake-gcs-server publishing every finalize and delete to GCS_EVENTS_TOPIC on pubsub_server."""
+    pubsub_request(pubsub_server, "PUT", f"/v1/projects/{PUBSUB_PROJECT}/topics/{GCS_EVENTS_TOPIC}")
+    server = start_fake_gcs(pubsub=pubsub_server, topic=GCS_EVENTS_TOPIC)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azure_queue_server() -> Iterator[Server]:
+    server = start_azurite_queue()
     yield server
     server.stop()
 

@@ -264,6 +264,7 @@ def test_error_statuses_resets_and_truncated_bodies_are_retried(
 # --------------------------------------------------------------------------- storage down after the listing
 
 
+@pytest.mark.slow
 def test_storage_down_after_the_listing_trips_the_breaker(
         new_store: Callable[[str], Store], write_pipeline: Callable[..., Path], tmp_path: Path) -> None:
     """Reads all failing (503) stop the pass after a few objects; none is charged to death."""

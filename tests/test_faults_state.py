@@ -16,6 +16,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -303,18 +304,18 @@ def test_state_reopens_and_lists_its_migrations(setup: Setup, cli: Callable[...,
 def test_schema_is_migrated_forward_then_refused_by_the_older_code(setup: Setup, cli: Callable[..., Result],
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A newer flexingest adds a migration: it applies it to the existing file and keeps every row."""
-    future = ("0002_objects_note", "ALTER TABLE objects ADD COLUMN note TEXT")
+    future = ("0099_objects_note", "ALTER TABLE objects ADD COLUMN note TEXT")
     with monkeypatch.context() as m:
         m.setattr(flexingest.state, "MIGRATIONS", [*MIGRATIONS, future])
         setup.store.put("second/new.txt", b"new")
         newer = cli("run", setup.path, "--once")
         assert newer.code == 0, newer.stderr
         assert f"listed {N_FIRST + 1}, new 1, changed 0" in newer.stderr, "the rows survived the migration"
-        assert migrations(setup.state) == [name for name, _ in MIGRATIONS] + ["0002_objects_note"]
+        assert migrations(setup.state) == [name for name, _ in MIGRATIONS] + ["0099_objects_note"]
         assert "note" in setup.rows()["first/0.txt"]
     before = setup.state.read_bytes()
     older = cli("run", setup.path, "--once")  # the current code, after that upgrade: a downgrade
-    assert_refused(older, setup.state, "written by a newer flexingest (schema 0002_objects_note); upgrade flexingest",
+    assert_refused(older, setup.state, "written by a newer flexingest (schema 0099_objects_note); upgrade flexingest",
                    "run after a downgrade")
     assert setup.state.read_bytes() == before
 
@@ -344,7 +345,11 @@ def test_unwritable_state_is_a_clear_error(what: str, setup: Setup) -> None:
     before = setup.state.read_bytes()
     target.chmod(0o555 if what == "folder" else 0o444)
     try:
-        for args in (["run", setup.path, "--once"], ["status", setup.path], ["retry", setup.path]):
+        status = flexingest_unprivileged("status", setup.path, "--json")
+        assert status.code == 0, f"status only reads: it works on a file it cannot write\n{status.stderr}"
+        assert json.loads(status.stdout)["syncs"]["docs"]["done"] == N_FIRST
+        assert sorted(p.name for p in setup.state.parent.iterdir()) == ["pipeline.db", "pipeline.db.lock"]
+        for args in (["run", setup.path, "--once"], ["retry", setup.path]):
             result = flexingest_unprivileged(*args)
             assert result.code == 1, f"{args[0]}: exit {result.code}\n{result.stderr}"
             assert "Traceback" not in result.stderr, result.stderr
@@ -377,3 +382,30 @@ def test_new_state_in_a_read_only_folder(new_store: Callable[[str], Store], writ
     assert result.stderr.strip() == f"error: cannot create the lock file {locked / 'state.db.lock'}: Permission denied"
     assert list(locked.iterdir()) == []
     assert not (tmp_path / "out").exists()
+
+
+def test_the_service_refuses_a_corrupt_state_before_its_first_pass(setup: Setup) -> None:
+    """The service checks the whole file (quick_check) once at start: a corrupt page anywhere
+    stops it before any pass, instead of passes running on a file it never checked."""
+    corrupt_middle(setup.state)
+    before = setup.state.read_bytes()
+    result = run_flexingest("run", setup.path, timeout=60)
+    assert_refused(result, setup.state, "corrupt", "run (the service)")
+    assert setup.state.read_bytes() == before
+
+
+def test_ten_concurrent_first_opens_of_a_new_state_file_all_succeed(tmp_path: Path) -> None:
+    state = tmp_path / "new" / "state.db"
+    code = ("import sys, time\n"
+            "from flexingest.state import State\n"
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+            "State(sys.argv[1]).close()\n")
+    start = time.time() + 1.5  # all ten open at the same moment
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(state), str(start)], stderr=subprocess.PIPE,
+                              text=True) for _ in range(10)]
+    results = [(p.wait(timeout=60), p.stderr.read() if p.stderr else "") for p in procs]
+    for p in procs:
+        if p.stderr:
+            p.stderr.close()
+    assert all(code == 0 for code, _ in results), [err for code, err in results if code]
+    assert migrations(state) == [name for name, _ in MIGRATIONS]

@@ -89,7 +89,8 @@ def test_a_pass_longer_than_its_schedule_is_said_plainly(new_store: Callable[[st
 
     code, stderr = run_service(path, meanwhile)
     assert code == 0, stderr
-    assert "docs: the previous pass is still running; this scheduled pass is skipped" in stderr
+    said = "docs: the previous pass is still running; scheduled passes are skipped until it ends"
+    assert stderr.count(said) == 1, f"one line for the pass, not one per run time it covers:\n{stderr}"
     assert "maximum number of running instances" not in stderr
 
 

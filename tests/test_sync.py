@@ -153,26 +153,42 @@ def count_done(state_path: Path) -> int:
         return 0
 
 
+def stalling_hook(folder: Path, fast: int) -> str:
+    """A python step that is quick for the first ``fast`` objects it sees, then stalls: a kill
+    after those are committed lands mid-pass whatever the machine's speed."""
+    module = f"stall_{uuid.uuid4().hex[:8]}"
+    (folder / f"{module}.py").write_text(
+        "import itertools, os, threading, time\n"
+        "seen = itertools.count()\n"
+        "lock = threading.Lock()\n"
+        "def step(record):\n"
+        "    with lock:\n"
+        "        n = next(seen)\n"
+        f"    time.sleep(0.02 if n < {fast} or os.environ.get('STALL') == '0' else 60)\n"
+        "    return record\n")
+    return f"{module}:step"
+
+
 def test_kill_9_mid_pass_loses_nothing(store: Store, write_pipeline: Callable[..., Path], tmp_path: Path) -> None:
     n = 40
     store.put_many({f"k/{i:02d}.txt": f"{i}".encode() for i in range(n)})
     out = tmp_path / "out"
-    path = write_pipeline(connector_for(store), steps=[{"python": {"callable": slow_hook(tmp_path, 0.1)}},
+    path = write_pipeline(connector_for(store), steps=[{"python": {"callable": stalling_hook(tmp_path, 12)}},
                                                        {"write_json": {"url": str(out)}}],
                           syncs=[{"name": "docs", "connector": "docs", "concurrency": 4}])
     state_path = path.parent / ".flexingest" / "pipeline.db"
     proc = subprocess.Popen([FLEXINGEST, "run", str(path), "--once"], stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while count_done(state_path) < 8 and time.monotonic() < deadline:
+    while count_done(state_path) < 12 and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = count_done(state_path)
-    assert 8 <= killed_at < n, "the kill should land in the middle of the pass"
+    assert killed_at == 12, "the kill lands while the pass is stalled after the first 12 objects"
 
-    again = run_flexingest("run", path, "--once")
+    again = run_flexingest("run", path, "--once", env={"STALL": "0"})
     assert again.code == 0, again.stderr
-    assert f"new {n - killed_at}" in again.stderr or f"listed {n}" in again.stderr
+    assert f"listed {n}, new {n - killed_at}, changed 0" in again.stderr, "exactly the uncommitted objects"
     state = rows(state_path)
     assert len(state) == n and all(r["status"] == "done" for r in state.values())
     assert outputs(out) == [f"k/{i:02d}.txt.json" for i in range(n)], "each output exactly once, no leftovers"
@@ -297,10 +313,10 @@ def test_hostile_keys_never_escape_a_local_destination(kind: str, new_store: Cal
     after = sorted(p.as_posix() for p in tmp_path.rglob("*"))
     new = set(after) - set(before)
     assert all(p.startswith(str(out)) or str(out).startswith(p) or "/.flexingest" in p for p in new), new
-    failed = {k: r for k, r in rows(path.parent / ".flexingest" / "p.db").items() if r["status"] == "failed"}
+    dead = {k: r for k, r in rows(path.parent / ".flexingest" / "p.db").items() if r["status"] == "dead"}
     listed = {k for k in store.keys() if k != "fine/ok.txt"}
-    assert set(failed) == listed
-    assert all("unsafe key" in r["error"] for r in failed.values())
+    assert set(dead) == listed, "an unsafe key is dead at once: no retry can make it safe"
+    assert all("unsafe key" in r["error"] for r in dead.values())
 
 
 @pytest.mark.parametrize("kind, scheme", [("s3", "s3"), ("gcs", "gs"), ("azure_blob", "abfs"), ("local", "file")])

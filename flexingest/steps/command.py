@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
+import threading
 from datetime import timedelta
 
 from pydantic import Field
 
-from ..connectors import Source
+from .. import children
 from ..exceptions import StepError
+from ..objects import Source
 from ..units import Duration
-from . import Record, Step, StepOptions
+from . import Record, Step, StepContext, StepOptions
 
 STDERR_TAIL = 2000
 PLACEHOLDER = re.compile(r"\{(?:path|key|version|connector)\}")
@@ -31,10 +31,19 @@ def tail(data: bytes, limit: int = STDERR_TAIL) -> str:
 
 
 class Command(Step):
-    """Runs ``argv`` without a shell, in its own process group (killed whole on timeout)."""
+    """Runs ``argv`` without a shell, in its own process group (killed whole on timeout).
+
+    Closing the step ends the groups still running (a pass that ran out of grace time).
+    """
 
     Options = CommandOptions
     options: CommandOptions
+
+    def __init__(self, options: CommandOptions, context: StepContext) -> None:
+        super().__init__(options, context)
+        self._running: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+        self._closed = False
 
     def process(self, record: Record, source: Source) -> Record:
         seconds = self.options.timeout.total_seconds()
@@ -42,22 +51,29 @@ class Command(Step):
             values = {"{path}": path, "{key}": source.key, "{version}": source.version,
                       "{connector}": source.connector}
             argv = [self._substitute(arg, values) for arg in self.options.argv]
-            try:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, start_new_session=True,
-                                        cwd=self.context.base_dir)
-            except OSError as exc:
-                raise StepError(f"cannot run {argv[0]!r}: {exc.strerror}") from None
+            with self._lock:
+                if self._closed:
+                    raise StepError("the pass has ended: the command was not started")
+                try:
+                    proc = children.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, cwd=self.context.base_dir)
+                except OSError as exc:
+                    raise StepError(f"cannot run {argv[0]!r}: {exc.strerror}") from None
+                self._running.add(proc)
             try:
                 out, err = proc.communicate(timeout=seconds)
             except subprocess.TimeoutExpired:
-                self._kill(proc)
+                children.end([proc], wait=0)
                 _, err = proc.communicate()
                 raise StepError(f"command {argv[0]!r} timed out after {seconds:g}s"
-                                + (f": {tail(err)}" if err.strip() else ""), transient=False) from None
+                                + (f": {tail(err)}" if err.strip() else "")) from None
             except BaseException:
-                self._kill(proc)
+                children.end([proc], wait=0)
                 raise
+            finally:
+                with self._lock:
+                    self._running.discard(proc)
+                children.forget(proc)
         if proc.returncode != 0:
             how = (f"was killed by signal {-proc.returncode}" if proc.returncode < 0
                    else f"exited with status {proc.returncode}")
@@ -70,9 +86,9 @@ class Command(Step):
         # one pass: a key (or its path) containing "{version}" is not substituted again
         return PLACEHOLDER.sub(lambda m: values[m.group(0)], arg)
 
-    @staticmethod
-    def _kill(proc: subprocess.Popen[bytes]) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    def close(self) -> None:
+        """End the programs still running (TERM, then KILL): none outlives the pass."""
+        with self._lock:
+            self._closed = True
+            running = list(self._running)
+        children.end(running)

@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 from pydantic import Field
 
-from ..connectors import Source
 from ..exceptions import FlexingestError, ObjectSkipped, StepError
+from ..objects import Source
 from . import Record, Step, StepContext, StepOptions
 
 

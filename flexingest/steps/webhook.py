@@ -1,10 +1,13 @@
 """``webhook``: POST each record as JSON, with an ``Idempotency-Key`` header.
 
 429 and 5xx answers, timeouts and connection errors are retried with exponential
-backoff (honouring ``Retry-After``); any other non-2xx answer fails the object with
-the status. Redirects are followed by POSTing again (a 303 means the POST was
-accepted); when a redirect leaves the original scheme, host and port, the configured
-headers and any ``Authorization``/``Cookie`` header are not sent there.
+backoff (honouring ``Retry-After``); when they persist the receiver is down: the object
+fails transiently (an outage, never charged to the object, counted by the pass's
+breaker). 401, 403, 404, 405 and 410 mean the receiver refuses us or is not there: the
+pass stops at once. Any other non-2xx answer fails the object with the status.
+Redirects are followed by POSTing again (a 303 means the POST was accepted); when a
+redirect leaves the original scheme, host and port, the configured headers and any
+``Authorization``/``Cookie`` header are not sent there.
 """
 
 from __future__ import annotations
@@ -21,13 +24,18 @@ from urllib.parse import urljoin, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 
-from ..connectors import Source
-from ..exceptions import StepError
+from ..destinations import describe_url
+from ..exceptions import DestinationError, DestinationUnavailable
+from ..objects import Source
+from ..redact import Redactor
 from ..units import Duration
 from . import Record, Step, StepOptions
 
 MAX_REDIRECTS = 5
 USER_AGENT = "flexingest-webhook/1"
+#: answers that no retry and no other record can change: the receiver is misconfigured
+UNAVAILABLE = {401: "refuses our credentials", 403: "refuses access", 404: "has no such endpoint",
+               405: "does not accept POST here", 410: "is gone"}
 
 
 class WebhookOptions(StepOptions):
@@ -77,10 +85,14 @@ class Webhook(Step):
             if status is not None and (200 <= status < 300 or status == 303):
                 return record
             retryable = status is None or status == 429 or status >= 500
+            where = f"webhook {describe_url(self.options.url)}"
+            if status in UNAVAILABLE:
+                raise DestinationUnavailable(f"{where} answered {status}: it {UNAVAILABLE[status]} "
+                                             f"({self._redact(detail)}); fix its URL or headers")
             if not retryable or attempt >= self.options.max_retries:
                 what = f"answered {status}" if status is not None else "could not be reached"
                 tries = f" after {attempt + 1} attempts" if retryable else ""
-                raise StepError(f"webhook {self._safe_url(self.options.url)} {what}{tries}: {self._redact(detail)}")
+                raise DestinationError(f"{where} {what}{tries}: {self._redact(detail)}", transient=retryable)
             wait = retry_after if retry_after is not None else delay * (0.5 + random.random())
             time.sleep(min(wait, 60.0))
             delay = min(delay * 2, 30.0)
@@ -113,20 +125,7 @@ class Webhook(Step):
 
     def _redact(self, text: str) -> str:
         """Masks header values (and the credentials of "Bearer <token>") a server echoed back."""
-        secrets: set[str] = set()
-        for header in self.options.headers.values():
-            value = header.get_secret_value()
-            secrets.update([value, *value.split(None, 1)[1:]])
-        for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
-            text = text.replace(secret, "**********")
-        return text
-
-    @staticmethod
-    def _safe_url(url: str) -> str:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{host}{port}{parts.path}"  # no user:password, no query
+        return Redactor(h.get_secret_value() for h in self.options.headers.values()).mask(text)
 
 
 def _retry_after(headers: Any) -> float | None:

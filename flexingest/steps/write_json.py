@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..connectors import Source
+from ..objects import Source
 from . import Record
 from ._output import DestinationStep
 from .write_jsonl import dumps

@@ -10,8 +10,8 @@ from typing import IO
 
 from pydantic import Field
 
-from ..connectors import Source
 from ..exceptions import StepError
+from ..objects import Source
 from . import Record, Step, StepContext, StepOptions
 
 
@@ -34,6 +34,7 @@ class WriteJsonl(Step):
 
     Options = WriteJsonlOptions
     options: WriteJsonlOptions
+    runs_on = "coordinator"  # one file, appended to by one process
 
     def __init__(self, options: WriteJsonlOptions, context: StepContext) -> None:
         super().__init__(options, context)
@@ -41,10 +42,13 @@ class WriteJsonl(Step):
         self.path = path if path.is_absolute() else context.base_dir / path
         self._lock = threading.Lock()
         self._file: IO[bytes] | None = None
+        self._closed = False
 
     def process(self, record: Record, source: Source) -> Record:
         line = (dumps(record) + "\n").encode("utf-8")
         with self._lock:
+            if self._closed:  # a worker still busy when the pass ended: its line is not written
+                raise StepError(f"{self.path}: the pass has ended; this object is processed next time")
             if self._file is None:
                 try:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +78,7 @@ class WriteJsonl(Step):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._file is not None:
                 self._file.close()
                 self._file = None

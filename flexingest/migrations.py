@@ -1,0 +1,90 @@
+"""The state file's schema: named migrations, applied forward in order, one transaction each.
+
+A migration is never edited once released: a change of schema is a new entry at the end.
+``State`` applies those a file lacks when it opens it (``flexingest status`` never does).
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("0001_initial", """
+        CREATE TABLE objects (
+            sync TEXT NOT NULL,
+            key TEXT NOT NULL,
+            version TEXT NOT NULL,
+            size INTEGER,
+            modified REAL,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'failed', 'dead')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            processed_at TEXT,
+            gone_at TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (sync, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX objects_by_status ON objects (sync, status) WHERE status != 'done';
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            sync TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            listed INTEGER NOT NULL DEFAULT 0,
+            new INTEGER NOT NULL DEFAULT 0,
+            changed INTEGER NOT NULL DEFAULT 0,
+            done INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            dead INTEGER NOT NULL DEFAULT 0,
+            gone INTEGER NOT NULL DEFAULT 0,
+            result TEXT,
+            error TEXT
+        );
+        CREATE INDEX runs_by_sync ON runs (sync, id);
+    """),
+    # "skipped" becomes a status of its own (it was "done" with an error starting "skipped: ")
+    ("0002_skipped_status", """
+        CREATE TABLE objects_new (
+            sync TEXT NOT NULL,
+            key TEXT NOT NULL,
+            version TEXT NOT NULL,
+            size INTEGER,
+            modified REAL,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'skipped', 'failed', 'dead')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            processed_at TEXT,
+            gone_at TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (sync, key)
+        ) WITHOUT ROWID;
+        INSERT INTO objects_new
+            SELECT sync, key, version, size, modified,
+                   CASE WHEN status = 'done' AND error LIKE 'skipped: %' THEN 'skipped' ELSE status END,
+                   attempts,
+                   CASE WHEN status = 'done' AND error LIKE 'skipped: %' THEN substr(error, 10) ELSE error END,
+                   processed_at, gone_at, updated_at
+            FROM objects;
+        DROP TABLE objects;
+        ALTER TABLE objects_new RENAME TO objects;
+        CREATE INDEX objects_by_status ON objects (sync, status) WHERE status != 'done';
+    """),
+    # which executor ran a pass (threads, processes, dask): status says it
+    ("0003_runs_executor", """
+        ALTER TABLE runs ADD COLUMN executor TEXT
+    """),
+    # bucket events: what each sync's queue brought, and what its reconciliation listings found
+    # that the events had missed
+    ("0004_events", """
+        CREATE TABLE event_stats (
+            sync TEXT PRIMARY KEY,
+            since TEXT NOT NULL,
+            messages INTEGER NOT NULL DEFAULT 0,
+            objects INTEGER NOT NULL DEFAULT 0,
+            last_message_at TEXT,
+            last_checked_at TEXT,
+            last_event_at TEXT,
+            lag_seconds REAL
+        );
+        ALTER TABLE runs ADD COLUMN missed INTEGER
+    """),
+]
