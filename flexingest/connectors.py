@@ -9,9 +9,7 @@ Backend errors are translated once, here, by :func:`storage_errors`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import email.utils
 import errno
 import io
 import os
@@ -39,6 +37,8 @@ from .redact import Redactor
 __all__ = ["BACKENDS", "ObjectInfo", "Source", "Storage", "open_connector", "test_connector"]
 
 if TYPE_CHECKING:
+    import asyncio
+
     from fsspec import AbstractFileSystem
 
     from .config import ConnectorBase
@@ -268,6 +268,8 @@ class Storage:
                 sync(loop, _cancel, task)
 
     async def _start_listing(self, prefix: str, page_size: int) -> tuple[asyncio.Queue[Any], asyncio.Task[None]]:
+        import asyncio  # imported here: the obstore, GCS-less and local passes never need it
+
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=PREFETCH)
 
         async def stream(under: str, *, delimiter: bool, nested_only: bool = False) -> list[str]:
@@ -499,6 +501,8 @@ def _parse_timestamp(value: str) -> datetime:
     except ValueError:
         pass
     try:
+        import email.utils
+
         parsed = email.utils.parsedate_to_datetime(value)
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
     except (TypeError, ValueError):
@@ -855,6 +859,8 @@ class AzureBlobStorage(Storage):
             (empty if info.size == 0 else objects).append(info)
         subs = [name_of(p) for p in root.iter("BlobPrefix")]
         if empty:  # folder markers of hierarchical accounts are empty blobs with hdi_isfolder metadata
+            import asyncio
+
             markers = await asyncio.gather(*(self._is_folder_marker(container, o.key) for o in empty))
             objects.extend(o for o, marker in zip(empty, markers) if not marker)
         return objects, subs, root.findtext("NextMarker") or None
@@ -1001,18 +1007,32 @@ class LocalStorage(Storage):
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-STORAGES: dict[str, type[Storage]] = {
-    "azure_blob": AzureBlobStorage,
+#: connector type -> its storage class, or "module:Class" imported on first use. S3 and Azure
+#: sources list and read through obstore (``connectors_obstore.py``); their ``fs`` is still s3fs
+#: and adlfs, for destinations.
+STORAGES: dict[str, type[Storage] | str] = {
+    "azure_blob": "flexingest.connectors_obstore:ObstoreAzureBlobStorage",
     "gcs": GCSStorage,
     "local": LocalStorage,
-    "s3": S3Storage,
+    "s3": "flexingest.connectors_obstore:ObstoreS3Storage",
 }
+
+
+def storage_class(kind: str) -> type[Storage]:
+    cls = STORAGES[kind]
+    if isinstance(cls, str):
+        import importlib
+
+        module, _, name = cls.partition(":")
+        cls = STORAGES[kind] = getattr(importlib.import_module(module), name)
+    assert isinstance(cls, type) and issubclass(cls, Storage)
+    return cls
 
 
 def open_connector(connector: ConnectorBase, base_dir: Path, *, fast_fail: bool = False) -> Storage:
     timeout = getattr(connector.config, "timeout", None)  # type: ignore[attr-defined]
     kwargs = {"timeout": timeout.total_seconds()} if timeout is not None else {}
-    return STORAGES[connector.type](connector, base_dir, fast_fail=fast_fail, **kwargs)  # type: ignore[attr-defined]
+    return storage_class(connector.type)(connector, base_dir, fast_fail=fast_fail, **kwargs)  # type: ignore[attr-defined]
 
 
 def test_connector(connector: ConnectorBase, base_dir: Path) -> dict[str, Any]:
