@@ -407,13 +407,24 @@ def _parse_request(stream: Any) -> tuple[str, tuple[str, ...]]:
                    "filtered, done, dead) on stdout; change nothing.")
 @click.option("--grace", default="30s", show_default=True, metavar="DURATION",
               help="On SIGTERM/SIGINT, how long objects in flight may take to finish.")
+@click.option("--http", "http_address", metavar="HOST:PORT",
+              help="Also serve the HTTP interface (FlexOrch connector API, status page, /metrics) on this "
+                   "address; keys from FLEXINGEST_API_KEYS or --api-key-file.")
+@click.option("--api-key-file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="With --http: API keys, one a line ('#' comments and blank lines ignored).")
 @_common
-def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: str) -> None:
+def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: str, http_address: str | None,
+        api_key_file: str | None) -> None:
     """Run the syncs: as a service on their schedules, or --once.
 
     The service makes a first pass of every sync at start, then follows each sync's
     schedule until SIGTERM or SIGINT: it then stops taking objects, lets those in flight
-    finish (--grace), commits and exits 0. A second signal stops at once.
+    finish (--grace), commits and exits 0. A second signal stops at once. SIGHUP loads
+    the pipeline file again (an invalid one is refused and the running one kept).
+
+    With --http HOST:PORT the service also answers HTTP: /v1/ (FlexOrch's connector API,
+    syncs, jobs; X-API-KEY), /healthz, /readyz, /metrics and a status page at /. Without
+    an API key it serves a loopback address only.
 
     With --once: exit 0 if every object is done, 1 if any failed, 75 if another run
     holds the state lock.
@@ -423,6 +434,7 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
       flexingest run pipeline.yaml                     # systemd service
       flexingest run pipeline.yaml --once              # cron: */5 * * * *
       flexingest run pipeline.yaml --once --sync contracts --dry-run
+      FLEXINGEST_API_KEYS=$(cat /etc/flexingest/key) flexingest run pipeline.yaml --http 0.0.0.0:8080
     """
     from .sync import StopToken
     from .units import parse_duration
@@ -433,6 +445,11 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
         raise click.BadParameter(str(exc), param_hint="--grace") from None
     if dry_run and not once:
         raise click.UsageError("--dry-run goes with --once")
+    if http_address is not None and once:
+        raise click.UsageError("--http goes with the service, not --once")
+    if api_key_file is not None and http_address is None:
+        raise click.UsageError("--api-key-file goes with --http")
+    http = _http_settings(http_address, api_key_file) if http_address is not None else None
     p = _load(pipeline)
     syncs = _syncs(p, sync_name)
     if dry_run:
@@ -450,10 +467,7 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
         else:
             _verify_or_exit(state)  # the service checks the file once, before its first pass
             state.close()
-            from .runner import serve
-
-            healthy = serve(p, syncs, stop, _report, progress=_progress_factory())
-            code = EXIT_OK if healthy else EXIT_FAILED
+            code = _serve(p, syncs, stop, http)
     finally:
         restore()
         children.end()  # programs of steps still running after the grace time: TERM, then KILL
@@ -463,6 +477,62 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
         logging.shutdown()
         os._exit(code)  # do not wait for worker threads left behind after the grace time
     _exit(code)
+
+
+def _http_settings(address: str, key_file: str | None) -> tuple[str, int, list[str]]:
+    """--http HOST:PORT and the API keys, checked before anything starts (exit 2 with why)."""
+    from .exceptions import FlexingestError
+    from .http import require
+    from .http.auth import is_loopback, load_keys
+
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"{address!r}: expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
+                                 param_hint="--http")
+    try:
+        require()
+        keys = load_keys(os.environ.get("FLEXINGEST_API_KEYS"), key_file)
+    except FlexingestError as exc:
+        _fail(str(exc), EXIT_INVALID)
+    if not keys and not is_loopback(host):
+        _fail(f"--http {address}: refusing to serve a non-loopback address without an API key; set "
+              "FLEXINGEST_API_KEYS or give --api-key-file (or serve 127.0.0.1 only)", EXIT_INVALID)
+    from .console import add_secrets
+
+    add_secrets(set(keys))  # a key never reaches a log line
+    return host, int(port), keys
+
+
+def _serve(p: Pipeline, syncs: list[Sync], stop: StopToken, http: tuple[str, int, list[str]] | None) -> int:
+    """The service until a stop, with its HTTP interface if asked; SIGHUP reloads the pipeline file."""
+    from .console import add_secrets
+    from .exceptions import FlexingestError
+    from .runner import Service
+
+    service = Service(p, syncs, stop, _report, progress=_progress_factory(),
+                      on_reload=lambda new: add_secrets(new.secrets()))
+    previous = signal.signal(signal.SIGHUP, lambda signum, frame: service.request_reload())
+    interface = None
+    try:
+        if http is not None:
+            from .http import start
+
+            host, port, keys = http
+            try:
+                interface = start(service, host, port, keys)
+            except FlexingestError as exc:
+                _fail(str(exc), EXIT_FAILED)
+            log.info("HTTP interface on %s (status page at /, API under /v1/)", interface.url)
+            if not keys:
+                log.warning("no API key configured: the HTTP interface on %s answers without authentication "
+                            "(loopback only); set FLEXINGEST_API_KEYS or --api-key-file", interface.url)
+        healthy = service.serve()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+        if interface is not None:
+            interface.stop(max(2.0, stop.remaining() or 0.0))
+    return EXIT_OK if healthy else EXIT_FAILED
 
 
 def _run_once(p: Pipeline, syncs: list[Sync], stop: StopToken, state: Any) -> int:

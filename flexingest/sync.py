@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable, Iterable
 
+from . import metrics
 from .connectors import Storage, open_connector
 from .destinations import open_destination
 from .exceptions import (
@@ -275,6 +276,7 @@ class Committer:
             batch = [Outcome(o.key, o.version, o.size, o.modified, "failed", message)
                      if o.status in ("done", "skipped") else o for o in batch]
         result = self.state.record(self.sync, batch, self.max_attempts)
+        metrics.observe_outcomes(self.sync, batch)
         for o in batch:
             self.counts[o.status] = self.counts.get(o.status, 0) + 1
         self.counts["dead"] += result["dead"]
@@ -363,6 +365,7 @@ class Processing:
             was_tripped = self.breaker.tripped
             self.breaker.record(outcome)
             if self.breaker.tripped and not was_tripped:
+                metrics.observe_breaker(self.committer.sync)
                 log.error("%s: %s; the rest is left for the next pass", self.committer.sync, self.breaker.reason)
             self.done += 1
             self.done_bytes += info.size or 0
@@ -409,6 +412,7 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
             storage = open_connector(pipeline.connector(sync.connector), pipeline.base_dir)
         if not dry_run:
             steps = build_steps(pipeline, sync)
+        listing_started = time.monotonic()
         listing_complete = _list(storage, sync, state, stop)
         if not dry_run:  # the first write: after the state's integrity check, run beside the listing
             run_id = state.start_run(sync.name, "pass", started_at)
@@ -418,6 +422,7 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
         counts["unchanged"] = plan.counts.get("done", 0) + plan.counts.get("ignored", 0)
         counts["filtered"] = plan.counts.get("filtered", 0)
         counts["skipped_dead"] = plan.counts.get("dead", 0)
+        metrics.observe_listing(sync.name, time.monotonic() - listing_started, plan.listed, plan.to_process)
         if not listing_complete and stop is not None and stop.is_set():
             result.interrupted = True
         if dry_run:
@@ -434,7 +439,8 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
                      plan.to_process, counts["new"], counts["changed"], counts["retry"], counts["listed"])
             committer = Committer(state, sync.name, steps, sync.max_attempts, counts, None)
             processing = Processing(storage, steps, committer, record_as=sync.name, concurrency=sync.concurrency,
-                                    total=plan.to_process, stop=stop, on_progress=on_progress, redact=redact)
+                                    total=plan.to_process, stop=stop,
+                                    on_progress=metrics.progress(sync.name, on_progress), redact=redact)
             complete = processing.run(state.planned())
             if processing.breaker.tripped:
                 result.error = redact(processing.breaker.reason or "")
@@ -486,10 +492,11 @@ def _list(storage: Storage, sync: Sync, state: State, stop: StopToken | None) ->
 
 def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], *, sync: Sync | None,
                  state: State, stop: StopToken | None = None,
-                 on_progress: ProgressCallback | None = None) -> PassResult:
+                 on_progress: ProgressCallback | None = None, storage: Storage | None = None) -> PassResult:
     """``flexingest process``: exactly these keys, now, whatever the state says.
 
     With a sync, outcomes are recorded under it (a later pass will not redo them).
+    ``storage``: the opened connector (the service's); by default it is opened here.
     """
     started = time.monotonic()
     name = sync.name if sync is not None else "process"
@@ -498,7 +505,8 @@ def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], 
     redact = redactor(pipeline)
     steps: list[Step] = []
     try:
-        storage = open_connector(pipeline.connector(connector_ref), pipeline.base_dir)
+        if storage is None:
+            storage = open_connector(pipeline.connector(connector_ref), pipeline.base_dir)
         steps = build_steps(pipeline, sync)
         concurrency = sync.concurrency if sync is not None else 8
         infos: list[ObjectInfo] = []

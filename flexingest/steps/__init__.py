@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from .. import metrics
 from ..exceptions import FlexingestError, PluginError, StepError
 
 if TYPE_CHECKING:
@@ -75,6 +76,8 @@ class Step:
     """
 
     Options: ClassVar[type[StepOptions]] = StepOptions
+    #: the name it is registered under (set when built from a pipeline file), for metrics
+    step_name: str = ""
 
     def __init__(self, options: StepOptions, context: StepContext) -> None:
         self.options = options
@@ -94,7 +97,8 @@ class Step:
 def run_steps(steps: list[Step], record: Record, source: Source) -> list[Record]:
     """Run one object through ``steps`` in order; returns the final record(s)."""
     for step in steps:
-        result = step.process(record, source)
+        with metrics.timed_step(step.step_name or type(step).__name__, record.get("sync")):
+            result = step.process(record, source)
         if not isinstance(result, dict):
             raise StepError(f"step {type(step).__name__} returned {type(result).__name__}, not a record")
         record = result
@@ -109,7 +113,9 @@ class StepCall:
     options: StepOptions
 
     def build(self, context: StepContext) -> Step:
-        return step_class(self.name)(self.options, context)
+        step = step_class(self.name)(self.options, context)
+        step.step_name = self.name
+        return step
 
 
 _lock = threading.Lock()
