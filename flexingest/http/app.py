@@ -129,7 +129,7 @@ def create_app(service: Service, keys: Keys, worker: JobWorker, registry: Any) -
     # ------------------------------------------------------------------ jobs
 
     @v1.post("/data-process/async", status_code=202, response_model=JobAccepted,
-             responses=_answers(404, 413, 429, 503), summary="Process these keys in the background")
+             responses=_answers(404, 413, 429), summary="Process these keys in the background")
     def process(body: ProcessIn) -> Any:
         pipeline = service.pipeline
         if len(body.source.keys) > jobs_table.MAX_KEYS:
@@ -140,8 +140,6 @@ def create_app(service: Service, keys: Keys, worker: JobWorker, registry: Any) -
             return JSONResponse({"detail": [{"loc": ["body", "sync"], "type": "value_error",
                                              "msg": "the pipeline has no top-level steps: name a sync whose steps "
                                                     "process these keys"}]}, status_code=422)
-        if service.stop.is_set():
-            raise ApiError(503, "the service is stopping")
         job = worker.submit(connector.name, sync.name if sync else None, list(body.source.keys))
         return {"job_id": job.id, "status": "queued"}
 
