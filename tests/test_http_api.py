@@ -8,7 +8,6 @@ never contacted, a connector of the folder used by a sync, and a slow sync.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import stat
 import time
@@ -359,7 +358,9 @@ def test_malformed_bodies_are_422_naming_the_field(api: Api) -> None:
     missing = api.client.post("/v1/data-process/async", json={})
     assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "source"]
     not_utf8 = post_raw(api, b'{"source": {"connector_id": 42, "keys": ["\xff"]}}')
-    assert not_utf8.status_code in (400, 422)
+    assert not_utf8.status_code == 422 and not_utf8.json()["detail"][0]["type"] == "json_invalid"
+    too_deep = post_raw(api, b"[" * 100_000)
+    assert too_deep.status_code == 422 and too_deep.json()["detail"][0]["type"] == "json_invalid"
 
 
 def test_too_many_keys_is_413(api: Api) -> None:

@@ -17,8 +17,10 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import jobs as jobs_table
 from .. import metrics
@@ -84,6 +86,13 @@ def create_app(service: Service, keys: Keys, worker: JobWorker, registry: Any) -
     @app.exception_handler(FlexingestError)
     async def _unavailable(request: Request, exc: FlexingestError) -> JSONResponse:
         return JSONResponse({"detail": _mask(service, str(exc))}, status_code=503)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400:  # FastAPI could not parse the body (not UTF-8, nested too deep): malformed JSON
+            return JSONResponse({"detail": [{"type": "json_invalid", "loc": ["body"], "msg": "JSON decode error",
+                                             "ctx": {"error": str(exc.detail)}}]}, status_code=422)
+        return await http_exception_handler(request, exc)
 
     # ------------------------------------------------------------------ connectors
 
