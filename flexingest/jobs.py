@@ -101,7 +101,6 @@ class JobWorker:
         self.service = service
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="flexingest-jobs", daemon=True)
-        self.current: str | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -132,16 +131,19 @@ class JobWorker:
                         self._wake.wait(1.0)
                         self._wake.clear()
                         continue
-                    self.current = job.id
-                    self._run(state, job)
+                    try:
+                        self._run(state, job)
+                    except StateError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - the worker outlives one bad job
+                        log.exception("job %s: unexpected failure", job.id)
+                        self._finish(state, job, "failed", [], f"unexpected {type(exc).__name__}: {exc}")
                 except StateError as exc:
                     log.error("jobs: %s; trying again in 5s", exc)
                     stop.wait(5.0)
                 except Exception:  # noqa: BLE001 - the worker outlives one bad job
                     log.exception("jobs: unexpected failure; trying again in 5s")
                     stop.wait(5.0)
-                finally:
-                    self.current = None
         finally:
             if state is not None:
                 state.close()

@@ -176,6 +176,37 @@ def test_a_job_accepted_before_a_kill_9_is_finished_after_the_restart(tmp_path: 
     assert second.stop() == 0
 
 
+@pytest.mark.slow
+def test_sigterm_lets_the_object_in_flight_of_a_job_finish_and_the_next_start_ends_the_job(
+        tmp_path: Path, service: Callable[..., HttpService]) -> None:
+    path = pipeline_file(tmp_path, [{"name": "docs", "connector": "docs", "prefix": "scheduled/",
+                                     "schedule": {"every": "1h"}, "concurrency": 1,
+                                     "steps": [{"python": {"callable": slow_hook(tmp_path, 1.5)}},
+                                               {"write_jsonl": {"path": "out/jobs.jsonl"}}]}])
+    keys = [f"{i}.txt" for i in range(4)]
+    for key in keys:
+        (tmp_path / "docs" / key).write_text(key)
+    first = service(path, "--grace", "10s")
+    first.ready()
+    job = first.client.post("/v1/data-process/async", json={"source": {"connector_id": 1, "keys": keys},
+                                                            "sync": "docs"}).json()["job_id"]
+    wait_for(lambda: first.client.get(f"/v1/data-process/{job}").json()["status"] == "running", 10, "the job")
+    time.sleep(0.5)  # the first object is in its step
+    started = time.monotonic()
+    assert first.stop() == 0, first.log()
+    assert time.monotonic() - started < 8, "the object in flight finished well within the grace"
+    assert f"job {job}: stopped before its end; it is taken up again at the next start" in first.log()
+    written = (tmp_path / "out" / "jobs.jsonl").read_text().splitlines()
+    assert 1 <= len(written) < 4, "the object in flight finished; no other started"
+
+    second = service(path)
+    second.wait_log(f"job {job}: resuming 4 key(s)")
+    answer = wait_for(lambda: (a := second.client.get(f"/v1/data-process/{job}").json())["status"] == "done" and a,
+                      30, "the job to end")
+    assert [r["status"] for r in answer["results"]] == ["done"] * 4
+    assert second.stop() == 0
+
+
 # ---------------------------------------------------------------------- stopping
 
 
