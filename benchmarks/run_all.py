@@ -8,6 +8,7 @@ Quick defaults (about 25 minutes on a 2-core machine, each script well under 10 
     bm2_incremental.py    --objects 20000
     bm3_small_objects.py  --small-count 2000
     bm4_large_object.py   --size-mb 512
+    bm6_extract.py        --max-pdfs 80
 
 ``--full`` runs each with the sizes of issue 6 instead (hours: moto serves ~400 requests/s).
 Each script's output is saved to ``benchmarks/results/<name>-<date>.txt`` (``--no-save`` to skip).
@@ -33,6 +34,7 @@ QUICK = {
     "bm2": ["--objects", "20000"],
     "bm3": ["--small-count", "2000"],
     "bm4": ["--size-mb", "512"],
+    "bm6": ["--max-pdfs", "80"],
 }
 SCRIPTS = {
     "startup": "startup.py",
@@ -41,6 +43,7 @@ SCRIPTS = {
     "bm3": "bm3_small_objects.py",
     "bm4": "bm4_large_object.py",
     "bm5": "bm5_state.py",
+    "bm6": "bm6_extract.py",
 }
 
 

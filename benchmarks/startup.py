@@ -41,7 +41,8 @@ from _common import (  # noqa: E402
 
 TARGET = 0.3
 HEAVY = ["s3fs", "gcsfs", "adlfs", "botocore", "aiobotocore", "boto3", "azure.storage.blob", "azure.identity",
-         "google.auth", "aiohttp", "fsspec", "pydantic", "yaml", "apscheduler", "pypdf", "click", "sqlite3",
+         "google.auth", "aiohttp", "fsspec", "pydantic", "yaml", "apscheduler", "pypdfium2", "striprtf", "zstandard",
+         "click", "sqlite3",
          "requests", "jsonschema"]
 DEMO = REPO / "pipelines" / "demo.yaml"
 

@@ -260,6 +260,18 @@ def validate(pipelines: tuple[str, ...]) -> None:
             _config_errors(path, exc.issues)
             continue
         click.echo(f"{path}: valid ({len(p.connectors)} connector(s), {len(p.syncs)} sync(s))", err=True)
+        if p.executor.type != "threads":
+            from .executors import split_steps
+
+            for sync in [None, *p.syncs]:
+                calls = p.steps_for(sync)
+                if not calls or (sync is not None and sync.steps is None):
+                    continue
+                n = split_steps(calls)
+                where = f"sync {sync.name}" if sync is not None else "top-level steps"
+                click.echo(f"  {where}: on the {p.executor.type} workers: "
+                           f"{', '.join(c.name for c in calls[:n]) or '-'}; on this process (the coordinator): "
+                           f"{', '.join(c.name for c in calls[n:]) or '-'}", err=True)
     _exit(EXIT_INVALID if bad else EXIT_OK)
 
 
@@ -324,9 +336,12 @@ def test(pipeline: str, connectors: tuple[str, ...]) -> None:
               help='A FlexOrch request body: {"source": {"connector_id": 42, "keys": [...]}} ("-": stdin).')
 @click.option("--sync", "sync_name", metavar="NAME",
               help="Use this sync's steps and record the outcome in its state.")
+@click.option("--executor", "executor_spec", metavar="SPEC",
+              help="Where the steps run: threads, processes[:N], dask[:N] (a local cluster) or "
+                   "dask:tcp://HOST:PORT; overrides the pipeline's executor:.")
 @_common
 def process(pipeline: str, keys: tuple[str, ...], connector_ref: str | None, request_file: Any,
-            sync_name: str | None) -> None:
+            sync_name: str | None, executor_spec: str | None) -> None:
     """Process exactly these keys now, whether or not they were processed before.
 
     Uses the top-level steps, or those of --sync NAME (whose state then records the
@@ -357,20 +372,24 @@ def process(pipeline: str, keys: tuple[str, ...], connector_ref: str | None, req
     stop = StopToken()
     state = _state_or_exit(p) if sync is not None else State(":memory:")
     _verify_or_exit(state)
+    executor = _executor_or_exit(p, executor_spec)
     restore = _signals(stop)
     bar = _progress_factory()("process")
     try:
-        result = process_keys(p, connector_ref, list(keys), sync=sync, state=state, stop=stop, on_progress=bar)
+        result = process_keys(p, connector_ref, list(keys), sync=sync, state=state, stop=stop, on_progress=bar,
+                              executor=executor)
     finally:
         restore()
         if bar:
             bar.close()
         state.close()
+        if executor is not None:
+            executor.close()
     outcomes = {o.key: o for o in result.outcomes}
     connector = p.connector(connector_ref).name
     for key in dict.fromkeys(keys):
         o = outcomes.get(key)
-        status = "skipped" if o and o.status == "done" and o.error else (o.status if o else "not processed")
+        status = o.status if o else "not processed"
         click.echo(json.dumps({"connector": connector, "key": key, "version": o.version if o else None,
                                "status": status, "error": o.error if o and status != "done" else None},
                               ensure_ascii=False))
@@ -407,14 +426,17 @@ def _parse_request(stream: Any) -> tuple[str, tuple[str, ...]]:
                    "filtered, done, dead) on stdout; change nothing.")
 @click.option("--grace", default="30s", show_default=True, metavar="DURATION",
               help="On SIGTERM/SIGINT, how long objects in flight may take to finish.")
+@click.option("--executor", "executor_spec", metavar="SPEC",
+              help="Where the steps run: threads, processes[:N], dask[:N] (a local cluster) or "
+                   "dask:tcp://HOST:PORT; overrides the pipeline's executor:.")
 @click.option("--http", "http_address", metavar="HOST:PORT",
               help="Also serve the HTTP interface (FlexOrch connector API, status page, /metrics) on this "
                    "address; keys from FLEXINGEST_API_KEYS or --api-key-file.")
 @click.option("--api-key-file", type=click.Path(dir_okay=False), metavar="FILE",
               help="With --http: API keys, one a line ('#' comments and blank lines ignored).")
 @_common
-def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: str, http_address: str | None,
-        api_key_file: str | None) -> None:
+def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: str,
+        executor_spec: str | None, http_address: str | None, api_key_file: str | None) -> None:
     """Run the syncs: as a service on their schedules, or --once.
 
     The service makes a first pass of every sync at start, then follows each sync's
@@ -455,6 +477,7 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
     if dry_run:
         _dry_run(p, syncs)
     stop = StopToken(grace_seconds)
+    executor = _executor_or_exit(p, executor_spec)
     lock = _lock_or_exit(p)
     restore = _signals(stop)
     from . import children
@@ -463,14 +486,16 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
         state = _state_or_exit(p)  # refuse a bad state file before anything starts
         if once:
             with state:
-                code = _run_once(p, syncs, stop, state)
+                code = _run_once(p, syncs, stop, state, executor)
         else:
             _verify_or_exit(state)  # the service checks the file once, before its first pass
             state.close()
-            code = _serve(p, syncs, stop, http)
+            code = _serve(p, syncs, stop, http, executor)
     finally:
         restore()
         children.end()  # programs of steps still running after the grace time: TERM, then KILL
+        if executor is not None:
+            executor.close()
         lock.release()
     if stop.is_set():
         log.info("stopped")
@@ -504,13 +529,14 @@ def _http_settings(address: str, key_file: str | None) -> tuple[str, int, list[s
     return host, int(port), keys
 
 
-def _serve(p: Pipeline, syncs: list[Sync], stop: StopToken, http: tuple[str, int, list[str]] | None) -> int:
+def _serve(p: Pipeline, syncs: list[Sync], stop: StopToken, http: tuple[str, int, list[str]] | None,
+           executor: Any) -> int:
     """The service until a stop, with its HTTP interface if asked; SIGHUP reloads the pipeline file."""
     from .console import add_secrets
     from .exceptions import FlexingestError
     from .runner import Service
 
-    service = Service(p, syncs, stop, _report, progress=_progress_factory(),
+    service = Service(p, syncs, stop, _report, progress=_progress_factory(), executor=executor,
                       on_reload=lambda new: add_secrets(new.secrets()))
     previous = signal.signal(signal.SIGHUP, lambda signum, frame: service.request_reload())
     interface = None
@@ -535,7 +561,19 @@ def _serve(p: Pipeline, syncs: list[Sync], stop: StopToken, http: tuple[str, int
     return EXIT_OK if healthy else EXIT_FAILED
 
 
-def _run_once(p: Pipeline, syncs: list[Sync], stop: StopToken, state: Any) -> int:
+def _executor_or_exit(p: Pipeline, spec: str | None) -> Any:
+    """The pipeline's executor (or --executor's); None for threads."""
+    from .executors import make_executor
+
+    try:
+        return make_executor(p, spec)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--executor") from None
+
+
+def _run_once(p: Pipeline, syncs: list[Sync], stop: StopToken, state: Any, executor: Any = None) -> int:
+    """One pass of each sync. A sync with events first drains its queue; its listing (the
+    reconciliation) then runs if it never ran or its schedule says it is due."""
     from .sync import run_pass
 
     failed = False
@@ -543,15 +581,60 @@ def _run_once(p: Pipeline, syncs: list[Sync], stop: StopToken, state: Any) -> in
     for sync in syncs:
         if stop.is_set():
             break
+        if sync.events is not None:
+            result = _drain_events(p, sync, stop, state, executor)
+            if result is not None:
+                _report(result)
+                failed = failed or not result.ok
+            if not _listing_due(state, sync):
+                continue
         bar = progress(sync.name)
         try:
-            result = run_pass(p, sync, state, stop=stop, on_progress=bar)
+            result = run_pass(p, sync, state, stop=stop, on_progress=bar, executor=executor)
         finally:
             if bar:
                 bar.close()
         _report(result)
         failed = failed or not result.ok
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _drain_events(p: Pipeline, sync: Sync, stop: StopToken, state: Any, executor: Any) -> PassResult | None:
+    """What the sync's queue holds now, processed and acknowledged (``run --once``)."""
+    from .events import open_event_source
+    from .exceptions import FlexingestError
+    from .sync import PassResult, process_events
+
+    try:
+        with open_event_source(p, sync) as source:
+            messages = source.drain(max_wait=60.0)
+            if not messages:
+                log.info("%s: events: the queue is empty", sync.name)
+                state.note_events(sync.name, 0, 0, None, None)
+                return None
+            with source.keep_alive(messages):
+                return process_events(p, sync, state, messages, stop=stop, executor=executor)
+    except FlexingestError as exc:
+        result = PassResult(sync.name, kind="events")
+        result.error = str(exc)
+        return result
+
+
+def _listing_due(state: Any, sync: Sync) -> bool:
+    """A sync with events lists (reconciles) only when its schedule says so, or never did."""
+    from datetime import datetime, timezone
+
+    from .runner import next_due
+
+    last = state.status().get(sync.name, {}).get("last_run")
+    if last is None:
+        return True  # the backfill
+    due = next_due(sync, last["started_at"])
+    if due is not None and due > datetime.now(timezone.utc):
+        log.info("%s: the reconciliation listing is due at %s; events only this time", sync.name,
+                 due.isoformat(timespec="seconds"))
+        return False
+    return True
 
 
 def _dry_run(p: Pipeline, syncs: list[Sync]) -> NoReturn:

@@ -364,6 +364,57 @@ class Sync(Strict):
         return None
 
 
+# --------------------------------------------------------------------------- executors
+
+
+class ThreadsExecutor(Strict):
+    type: Literal["threads"] = Field(description="the steps run in threads of this process (the default)")
+
+
+class ProcessesExecutor(Strict):
+    type: Literal["processes"]
+    workers: int | Literal["auto"] = Field("auto", description="worker processes; auto: one per core")
+    threads: int = Field(4, ge=1, le=64, description="objects a worker process works on at once (I/O overlaps)")
+    batch: int | Literal["auto"] = Field("auto", description="objects sent to a worker at a time; auto: adapts "
+                                                              "to how long objects take")
+
+    @field_validator("workers", "batch")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be at least 1, or auto")
+        return v
+
+
+class DaskExecutor(ProcessesExecutor):
+    type: Literal["dask"]  # type: ignore[assignment]
+    address: str | None = Field(None, description="the scheduler, e.g. tcp://10.0.0.5:8786 or tls://...; none: a "
+                                                  "local cluster of `workers` processes started by flexingest")
+    threads: int = Field(1, ge=1, le=64, description="objects a worker task works on at once")
+
+    @field_validator("address")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(tcp|tls|inproc|ucx|ws|wss)://", v):
+            raise ValueError(f"expected a scheduler address like tcp://host:8786 or tls://host:8786, got {v!r}")
+        return v
+
+
+def _executor_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        kind = value.get("type", "threads")
+        return kind if isinstance(kind, str) else None
+    return getattr(value, "type", None)
+
+
+Executor = Annotated[
+    Union[Annotated[ThreadsExecutor, Tag("threads")], Annotated[ProcessesExecutor, Tag("processes")],
+          Annotated[DaskExecutor, Tag("dask")]],
+    Discriminator(_executor_tag, custom_error_type="executor_type",
+                  custom_error_message="an executor is {type: threads}, {type: processes, workers: 4} or "
+                                       "{type: dask, address: tcp://host:8786}"),
+]
+
 # --------------------------------------------------------------------------- pipeline
 
 
@@ -381,6 +432,8 @@ class Pipeline(Strict):
     connectors_dir: str | None = Field(
         None, description="a folder (relative to this file) of connector files, one connector per *.yaml; "
         "connectors created over HTTP are written there")
+    executor: Executor = Field(default_factory=lambda: ThreadsExecutor(type="threads"),
+                               description="where the steps run: threads (default), processes, or a Dask cluster")
 
     _path: Path = PrivateAttr(default=Path("pipeline.yaml"))
     #: connector name -> the file of connectors_dir that declares it (the others are in the pipeline file)

@@ -18,7 +18,8 @@ from typing import Any, TextIO
 from .redact import Redactor
 
 NOISY_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3fs", "gcsfs", "adlfs", "azure", "urllib3",
-                 "google", "google_auth_httplib2", "aiohttp", "fsspec", "asyncio", "msal", "pypdf")
+                 "google", "google_auth_httplib2", "aiohttp", "fsspec", "asyncio", "msal", "pypdfium2", "PIL",
+                 "distributed", "dask", "tornado", "bokeh")
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 

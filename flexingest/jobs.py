@@ -167,7 +167,7 @@ class JobWorker:
         target = state if sync is not None else State(":memory:")  # without a sync nothing is recorded
         try:
             result = process_keys(pipeline, job.connector, job.keys, sync=sync, state=target, stop=service.stop,
-                                  storage=storage)
+                                  storage=storage, executor=service.executor)
         finally:
             if target is not state:
                 target.close()

@@ -244,7 +244,7 @@ def load_pipeline(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
     (None: as if it were removed), to check a change before it is made.
     """
     try:
-        return _load(path, env, need_secrets, connector_files or {})
+        return _load(path, env, need_secrets, None, connector_files or {})
     except ConfigError as exc:
         if all(i.field.isprintable() and i.message.isprintable() for i in exc.issues):
             raise
@@ -253,14 +253,26 @@ def load_pipeline(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
                            for i in exc.issues]) from None
 
 
+def load_pipeline_text(text: str, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Any:
+    """A pipeline from its text, as if read from ``path`` (a worker rebuilding the
+    coordinator's pipeline: relative paths resolve against ``path``'s folder; the files of its
+    ``connectors_dir`` are read there)."""
+    try:
+        return _load(path, env, True, text.encode("utf-8"), {})
+    except ConfigError as exc:
+        raise ConfigError([dataclasses.replace(i, field=printable(i.field), message=printable(i.message))
+                           for i in exc.issues]) from None
+
+
 def _fail(file: str, message: str, line: int = 0, col: int = 0) -> ConfigError:
     return ConfigError([ConfigIssue(file, line, col, "", message)])
 
 
-def _read_text(path: str | os.PathLike[str], file: str) -> str:
+def _read_text(path: str | os.PathLike[str], file: str, raw: bytes | None = None) -> str:
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)  # never more: the path may be a huge file, or /dev/zero
+        if raw is None:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_BYTES + 1)  # never more: the path may be a huge file, or /dev/zero
     except FileNotFoundError:
         raise _fail(file, "no such file") from None
     except IsADirectoryError:
@@ -336,12 +348,12 @@ def _walk(walker: _Walker, node: yaml.Node, loc: Loc) -> Any:
 
 
 def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, need_secrets: bool,
-          overrides: Mapping[str, str | None]) -> Any:
+          raw: bytes | None, overrides: Mapping[str, str | None]) -> Any:
     from .config import model_for
 
     file = str(path)
     env = os.environ if env is None else env
-    document, alias_marks = _compose(_read_text(path, file), file)
+    document, alias_marks = _compose(_read_text(path, file, raw), file)
     walker = _Walker(file, env, need_secrets=need_secrets, alias_marks=alias_marks)
     data = _walk(walker, document, ())
     if not isinstance(data, dict):

@@ -68,8 +68,27 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE objects_new RENAME TO objects;
         CREATE INDEX objects_by_status ON objects (sync, status) WHERE status != 'done';
     """),
+    # which executor ran a pass (threads, processes, dask): status says it
+    ("0003_runs_executor", """
+        ALTER TABLE runs ADD COLUMN executor TEXT
+    """),
+    # bucket events: what each sync's queue brought, and what its reconciliation listings found
+    # that the events had missed
+    ("0004_events", """
+        CREATE TABLE event_stats (
+            sync TEXT PRIMARY KEY,
+            since TEXT NOT NULL,
+            messages INTEGER NOT NULL DEFAULT 0,
+            objects INTEGER NOT NULL DEFAULT 0,
+            last_message_at TEXT,
+            last_checked_at TEXT,
+            last_event_at TEXT,
+            lag_seconds REAL
+        );
+        ALTER TABLE runs ADD COLUMN missed INTEGER
+    """),
     # jobs of the HTTP API (POST /v1/data-process/async): kept until done, resumed after a restart
-    ("0003_jobs", """
+    ("0005_jobs", """
         CREATE TABLE jobs (
             id TEXT PRIMARY KEY,
             connector TEXT NOT NULL,

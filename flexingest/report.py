@@ -37,6 +37,7 @@ def status_report(pipeline: Pipeline, *, problems: int | None = 20, state: State
     known = {s.name: s for s in pipeline.syncs}
     rows: dict[str, dict[str, Any]] = {}
     listed: dict[str, list[dict[str, Any]]] = {}
+    events: dict[str, dict[str, Any]] = {}
     if state is not None or pipeline.state_path.exists():
         own = state is None
         state = state or State(pipeline.state_path, readonly=True)
@@ -45,6 +46,7 @@ def status_report(pipeline: Pipeline, *, problems: int | None = 20, state: State
                 state.verify()
             rows = state.status()
             listed = {name: [dict(r) for r in state.problems(name, problems)] for name in rows}
+            events = state.event_stats()
         finally:
             if own:
                 state.close()
@@ -63,6 +65,9 @@ def status_report(pipeline: Pipeline, *, problems: int | None = 20, state: State
         last = entry["last_run"]
         entry["next_due"] = _iso(next_due(sync, last["started_at"] if last else None, now) if sync else None)
         entry["problems"] = listed.get(name, [])
+        if sync is not None and sync.events is not None or name in events:
+            entry["events"] = {"queue": sync.events.type if sync is not None and sync.events is not None else None,
+                               **events.get(name, {})}
         if sync is None:
             entry["note"] = "no longer in the pipeline file"
         out[name] = entry
@@ -86,10 +91,20 @@ def status_lines(report: dict[str, Any], mask: Any = lambda text: text) -> Itera
         last = e["last_run"]
         shown = printable(name)
         if last and last["ended_at"]:
-            yield (f"  {shown}: last run listed {last['listed']}, new {last['new']}, changed {last['changed']}, "
+            on = f" on {last['executor']}" if last.get("executor") else ""
+            yield (f"  {shown}: last run{on} listed {last['listed']}, new {last['new']}, changed {last['changed']}, "
                    f"done {last['done']}, failed {last['failed']}, dead {last['dead']}, gone {last['gone']}"
                    + (f"; {printable(mask(last['error']))}" if last["error"] else ""))
-        elif last and last["result"] == "killed":
+        queue = e.get("events")
+        if queue and queue.get("since"):
+            lag = f", lag {queue['lag_seconds']:.1f}s" if queue.get("lag_seconds") is not None else ""
+            yield (f"  {shown}: events ({queue['queue']}): {queue['messages']} message(s), {queue['objects']} "
+                   f"object(s) since {queue['since'][:19]}Z; last event {(queue['last_event_at'] or '-')[:19]}{lag}"
+                   + (f"; the last reconciliation found {last['missed']} object(s) events missed"
+                      if last and last.get("missed") else ""))
+        elif queue:
+            yield f"  {shown}: events ({queue['queue']}): none received yet"
+        if last and last["result"] == "killed" and not last["ended_at"]:
             yield f"  {shown}: the last run did not finish: {last['error']}"
         for problem in e["problems"]:
             yield (f"  {shown}: {problem['status']} ({problem['attempts']} attempt(s)) "

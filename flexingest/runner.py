@@ -23,8 +23,11 @@ from .sync import PassResult, ProgressCallback, StopToken, run_pass
 
 if TYPE_CHECKING:
     from .config import Cron, Every, Pipeline, Sync
+    from .executors import Executor
 
 log = logging.getLogger(__name__)
+
+EVENTS_RETRY = 60  # seconds before a failing queue is tried again
 
 
 def trigger_for(schedule: Every | Cron) -> Any:
@@ -117,12 +120,17 @@ class Service:
     def __init__(self, pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
                  on_result: Callable[[PassResult], None] = lambda result: None,
                  progress: Callable[[str], ProgressCallback | None] = lambda name: None,
+                 executor: Executor | None = None,
                  on_reload: Callable[[Pipeline], None] = lambda pipeline: None) -> None:
         self.pipeline, self.syncs, self.stop = pipeline, syncs, stop
+        self.executor = executor  # one pool or cluster connection for the service's life
         self.on_result, self.progress, self.on_reload = on_result, progress, on_reload
         self.storages = Storages(pipeline)
         self.failures: list[str] = []
         self._running = _Running()
+        # a sync's listing pass and its events never run at once: they diff the same objects
+        self._sync_locks = {s.name: threading.Lock() for s in syncs}
+        self._listed = {s.name: threading.Event() for s in syncs}  # its first pass (the backfill) ended
         self._overrun_said: set[str] = set()  # syncs whose running pass already had its "still running" line
         #: the syncs chosen with --sync (None: all of the file, also after a reload)
         self._only = None if len(syncs) == len(pipeline.syncs) else {s.name for s in syncs}
@@ -136,7 +144,7 @@ class Service:
         if self.stop.is_set():
             return None
         self._overrun_said.discard(sync.name)
-        with self._running:
+        with self._running, self._sync_locks.setdefault(sync.name, threading.Lock()):
             with self._lock:
                 pipeline = self.pipeline
                 self._active.add(sync.name)
@@ -144,7 +152,7 @@ class Service:
                 with State(pipeline.state_path, check=False) as state:  # checked once, at start
                     result = run_pass(pipeline, sync, state, stop=self.stop,
                                       on_progress=self.progress(sync.name),
-                                      storage=self.storages.get(sync.connector))
+                                      storage=self.storages.get(sync.connector), executor=self.executor)
                 metrics.observe_pass(result)
                 self.on_result(result)
                 return result
@@ -155,6 +163,7 @@ class Service:
             except Exception:  # noqa: BLE001 - the service outlives one bad pass
                 log.exception("%s: the pass failed unexpectedly; the next one runs on schedule", sync.name)
             finally:
+                self._listed.setdefault(sync.name, threading.Event()).set()
                 with self._lock:
                     self._active.discard(sync.name)
         return None
@@ -237,6 +246,11 @@ class Service:
         metrics.forget(lambda name: name in names)
         added = [n for n in names if n not in old]
         removed = [n for n in old if n not in names]
+        with_events = sorted([s.name for s in syncs if s.name in added and s.events is not None]
+                             + [n for n in removed if old[n].events is not None])
+        if with_events:
+            log.warning("%s: the bucket events of a sync added or removed by a reload start or stop at the next "
+                        "restart of the service (its scheduled passes follow the reload now)", ", ".join(with_events))
         log.info("pipeline %s reloaded: %d sync(s)%s%s", pipeline.path, len(syncs),
                  f"; added: {', '.join(sorted(added))}" if added else "",
                  f"; removed: {', '.join(sorted(removed))}" if removed else "")
@@ -244,6 +258,45 @@ class Service:
     def _schedule(self, scheduler: Any, sync: Sync, first: datetime) -> None:
         scheduler.add_job(self.run_pass, trigger_for(sync.schedule), args=[sync], id=sync.name, name=sync.name,
                           next_run_time=first)
+
+    def consume_events(self, sync: Sync) -> None:
+        """The events of ``sync``, as they arrive, until the stop (a thread per sync with events).
+
+        Starts after the sync's first pass (the backfill listing). A queue that fails (missing,
+        denied, unreachable for long) is said once and tried again a minute later.
+        """
+        from .events import open_event_source
+        from .sync import process_events
+
+        while not self._listed[sync.name].wait(1.0):
+            if self.stop.is_set():
+                return
+        while not self.stop.is_set():
+            source = None
+            try:
+                source = open_event_source(self.pipeline, sync)
+                log.info("%s: consuming %s", sync.name, source.describe())
+                for batch in source.batches(self.stop.event):
+                    with source.keep_alive(batch), self._running, self._sync_locks[sync.name]:
+                        with State(self.pipeline.state_path, check=False) as state:
+                            result = process_events(self.pipeline, sync, state, batch,
+                                                    storage=self.storages.get(sync.connector), stop=self.stop,
+                                                    executor=self.executor)
+                    if result.counts.get("listed") or result.counts.get("gone") or result.error:
+                        self.on_result(result)
+            except StateError as exc:
+                log.error("%s; stopping the service", exc)
+                self.failures.append(str(exc))
+                self.stop.request()
+            except FlexingestError as exc:
+                log.error("%s: events: %s; trying again in %ds", sync.name, exc, EVENTS_RETRY)
+                self.stop.wait(EVENTS_RETRY)
+            except Exception:  # noqa: BLE001 - the service outlives a bad batch
+                log.exception("%s: events failed unexpectedly; trying again in %ds", sync.name, EVENTS_RETRY)
+                self.stop.wait(EVENTS_RETRY)
+            finally:
+                if source is not None:
+                    source.close()
 
     def _still_running(self, event: Any) -> None:
         if event.job_id in self._overrun_said:
@@ -272,8 +325,13 @@ class Service:
                 self._schedule(scheduler, sync, start)
             scheduler.start()
             self._scheduler = scheduler
-        log.info("running %d sync(s): %s", len(self.syncs), ", ".join(
-            f"{s.name} ({_describe(s)})" for s in self.syncs))
+        for sync in self.syncs:
+            if sync.events is not None:
+                threading.Thread(target=self.consume_events, args=[sync], name=f"flexingest-events-{sync.name}",
+                                 daemon=True).start()
+        log.info("running %d sync(s): %s%s", len(self.syncs), ", ".join(
+            f"{s.name} ({_describe(s)})" for s in self.syncs),
+            f"; steps on {self.executor.describe()}" if self.executor is not None else "")
         try:
             while not self.stop.wait(0.5):
                 if self._reload.is_set():
@@ -296,9 +354,10 @@ class Service:
 
 def serve(pipeline: Pipeline, syncs: list[Sync], stop: StopToken,
           on_result: Callable[[PassResult], None],
-          progress: Callable[[str], ProgressCallback | None] = lambda name: None) -> bool:
+          progress: Callable[[str], ProgressCallback | None] = lambda name: None,
+          executor: Executor | None = None) -> bool:
     """Run ``syncs`` on their schedules until ``stop`` is requested (see :class:`Service`)."""
-    return Service(pipeline, syncs, stop, on_result, progress).serve()
+    return Service(pipeline, syncs, stop, on_result, progress, executor).serve()
 
 
 def _said_by_us(record: logging.LogRecord) -> bool:

@@ -414,6 +414,50 @@ class State:
         """Every listed key with its class and, for filtered keys, why (``--dry-run``)."""
         yield from self.db.execute("SELECT reason, key, skip FROM temp.todo ORDER BY rowid")
 
+    def mark_keys_gone(self, sync: str, keys: Iterable[str]) -> int:
+        """These objects were deleted (a bucket event said so): marked gone, never reprocessed."""
+        keys = list(keys)
+        if not keys:
+            return 0
+        now = now_iso()
+        with self.transaction() as db:
+            return sum(db.execute("""UPDATE objects SET gone_at = ?, updated_at = ? WHERE sync = ? AND key = ?
+                                     AND gone_at IS NULL""", (now, now, sync, key)).rowcount for key in keys)
+
+    def note_events(self, sync: str, messages: int, objects: int, last_event_at: str | None,
+                    lag_seconds: float | None) -> None:
+        """Count what a receive from a sync's queue brought, none included (``status`` shows it;
+        the reconciliation counts as missed what changed before the last receive)."""
+        now = now_iso()
+        with self.transaction() as db:
+            db.execute("""INSERT INTO event_stats (sync, since, messages, objects, last_message_at, last_checked_at,
+                                                   last_event_at, lag_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                          ON CONFLICT (sync) DO UPDATE SET messages = messages + excluded.messages,
+                              objects = objects + excluded.objects,
+                              last_message_at = coalesce(excluded.last_message_at, last_message_at),
+                              last_checked_at = excluded.last_checked_at,
+                              last_event_at = coalesce(excluded.last_event_at, last_event_at),
+                              lag_seconds = coalesce(excluded.lag_seconds, lag_seconds)""",
+                       (sync, now, messages, objects, now if messages else None, now, last_event_at, lag_seconds))
+
+    def event_stats(self) -> dict[str, dict[str, Any]]:
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'event_stats'").fetchone():
+            return {}  # a state file of a flexingest before events (status reads, never migrates)
+        return {r["sync"]: {k: r[k] for k in r.keys() if k != "sync"}
+                for r in self.db.execute("SELECT * FROM event_stats")}
+
+    def missed_by_events(self, since: str, before: float) -> int:
+        # ``since``, ``before``: the first receive of events, and the last receive minus their lateness
+        """Of the last plan, the new and changed objects modified after events were consumed
+        (``since``, ISO) and before ``before`` (epoch seconds): what events did not announce."""
+        from datetime import datetime
+
+        start = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
+        row = self.db.execute("""SELECT count(*) FROM temp.todo WHERE reason IN ('new', 'changed')
+                                 AND modified IS NOT NULL AND modified > ? AND modified < ?""",
+                              (start, before)).fetchone()
+        return int(row[0])
+
     def would_be_gone(self, sync: str) -> Iterator[str]:
         """The keys :meth:`mark_gone` would mark (``--dry-run``)."""
         if not self._gone_possible:
@@ -511,19 +555,19 @@ class State:
 
     # ------------------------------------------------------------------ runs and status
 
-    def start_run(self, sync: str, kind: str, started_at: str | None = None) -> int:
+    def start_run(self, sync: str, kind: str, started_at: str | None = None, *, executor: str | None = None) -> int:
         """Record the start of a pass. Its caller holds the state lock, so a run of this sync
         that never recorded its end belongs to a process that died (kill -9, power loss)."""
         with self.transaction() as db:
             db.execute("""UPDATE runs SET result = 'killed', ended_at = NULL,
                           error = 'the process stopped before it recorded the end of this pass'
                           WHERE sync = ? AND ended_at IS NULL AND result IS NULL""", (sync,))
-            cur = db.execute("INSERT INTO runs (sync, kind, started_at) VALUES (?, ?, ?)",
-                             (sync, kind, started_at or now_iso()))
+            cur = db.execute("INSERT INTO runs (sync, kind, started_at, executor) VALUES (?, ?, ?, ?)",
+                             (sync, kind, started_at or now_iso(), executor))
             return int(cur.lastrowid or 0)
 
     def finish_run(self, run_id: int, counts: dict[str, int], result: str, error: str | None = None) -> None:
-        cols = ("listed", "new", "changed", "done", "failed", "dead", "gone")
+        cols = ("listed", "new", "changed", "done", "failed", "dead", "gone", "missed")
         with self.transaction() as db:
             db.execute(f"""UPDATE runs SET ended_at = ?, result = ?, error = ?,
                            {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?""",

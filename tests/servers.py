@@ -363,3 +363,67 @@ def pubsub_request(server: Server, method: str, path: str, body: dict[str, objec
     if response.status >= 300:
         raise RuntimeError(f"Pub/Sub emulator: {method} {path} answered {response.status}: {text[:300]}")
     return json.loads(text) if text.strip() else {}
+
+
+# --------------------------------------------------------------------------- Dask
+
+
+@dataclass
+class DaskCluster:
+    """A real ``dask scheduler`` and ``dask worker`` processes on loopback (no nanny: killing a
+    worker's process kills that worker, as when a machine dies)."""
+
+    address: str
+    scheduler: subprocess.Popen[bytes]
+    workers: list[subprocess.Popen[bytes]]
+    logs: list[pathlib.Path]
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+    def stop(self) -> None:
+        for process in [*self.workers, self.scheduler]:
+            _terminate(process)
+        for path in self.logs:
+            path.unlink(missing_ok=True)
+
+
+def _dask(*args: str) -> list[str]:
+    return [sys.executable, "-m", "distributed.cli.dask_scheduler" if args[0] == "scheduler"
+            else "distributed.cli.dask_worker", *args[1:]]
+
+
+def start_dask(n_workers: int, env: dict[str, str] | None = None) -> DaskCluster:
+    """A scheduler on a free port and ``n_workers`` single-threaded workers connected to it."""
+    port = free_port()
+    logs: list[pathlib.Path] = []
+
+    def launch(argv: list[str]) -> subprocess.Popen[bytes]:
+        fd, name = tempfile.mkstemp(prefix="flexingest-dask-", suffix=".log")
+        logs.append(pathlib.Path(name))
+        try:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "DASK_TEMPORARY_DIRECTORY": tempfile.gettempdir(),
+                                         **(env or {})})
+        finally:
+            os.close(fd)
+
+    scheduler = launch(_dask("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"))
+    cluster = DaskCluster(f"tcp://127.0.0.1:{port}", scheduler, [], logs)
+    deadline = time.monotonic() + 60
+    while "Scheduler at" not in cluster.log_text():
+        if scheduler.poll() is not None or time.monotonic() > deadline:
+            text = cluster.log_text()
+            cluster.stop()
+            raise RuntimeError(f"dask scheduler did not start:\n{text[-_LOG_TAIL:]}")
+        time.sleep(0.1)
+    for _ in range(n_workers):
+        cluster.workers.append(launch(_dask("worker", cluster.address, "--nthreads", "1", "--no-nanny",
+                                            "--no-dashboard", "--host", "127.0.0.1")))
+    while cluster.log_text().count("Register worker") < n_workers:
+        if any(w.poll() is not None for w in cluster.workers) or time.monotonic() > deadline:
+            text = cluster.log_text()
+            cluster.stop()
+            raise RuntimeError(f"dask workers did not register:\n{text[-_LOG_TAIL:]}")
+        time.sleep(0.1)
+    return cluster

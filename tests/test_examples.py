@@ -16,7 +16,7 @@ from flexingest.config import json_schema
 from flexingest.loader import load_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
-FILES = sorted([*ROOT.glob("examples/*.yaml"), *ROOT.glob("pipelines/*.yaml")])
+FILES = sorted([*ROOT.glob("examples/**/*.yaml"), *ROOT.glob("pipelines/*.yaml")])
 
 
 def dummy_env(path: Path) -> dict[str, str]:
@@ -35,7 +35,8 @@ def test_there_are_examples_for_every_connector_type() -> None:
 def test_example_validates(path: Path) -> None:
     pipeline = load_pipeline(path, env=dummy_env(path))
     assert pipeline.connectors
-    assert path.read_text().startswith("# yaml-language-server: $schema=../flexingest.schema.json\n")
+    schema = Path("../" * len(path.relative_to(ROOT).parts[1:]), "flexingest.schema.json").as_posix()
+    assert path.read_text().startswith(f"# yaml-language-server: $schema={schema}\n")
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])

@@ -101,8 +101,8 @@ def test_all_errors_are_reported_at_once(tmp_path: Path) -> None:
         .replace("concurrency: 8", "concurrency: 0").replace("extract_text: {}", "extract_txt: {}")
     assert errors(tmp_path, text) == [
         "5:11: connectors[0].type: unknown connector type 's4' (known: azure_blob, gcs, local, s3)",
-        "12:5: steps[0]: unknown step 'extract_txt' (did you mean 'extract_text'?) (known: command, copy, "
-        "extract_text, python, webhook, write_json, write_jsonl)",
+        "12:5: steps[0]: unknown step 'extract_txt' (did you mean 'extract_text'?) (known: chunk, command, "
+        "copy, extract_text, python, unpack, webhook, write_json, write_jsonl)",
         "23:16: syncs[0].on_change: input should be 'reprocess' or 'ignore', got 'maybe'",
         "24:18: syncs[0].concurrency: input should be greater than or equal to 1",
     ]

@@ -256,3 +256,12 @@ def test_the_cron_line_runs_a_pass(new_store: Callable[[str], Store], write_pipe
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert done_keys(path.parent / ".flexingest" / "pipeline.db") == {"a.txt", "b.txt"}
     assert "flexingest: " in syslog.read_text() and "docs: listed 2, new 2" in syslog.read_text()
+
+
+def test_the_dask_units_verify(tmp_path: Path) -> None:
+    dask = str(Path(FLEXINGEST).parent / "dask")
+    for name in ("dask-scheduler.service", "dask-worker.service"):
+        text = (ROOT / "examples" / "dask" / name).read_text().replace("/opt/flexingest/.venv/bin/dask", dask)
+        unit = tmp_path / name
+        unit.write_text(text)
+        assert verify(unit) == "", f"systemd-analyze verify finds nothing to say about {name}"

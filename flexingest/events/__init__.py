@@ -67,6 +67,10 @@ class EventsBase(BaseModel):
     visibility_timeout: Duration = Field(
         timedelta(minutes=5), description="how long a received message stays hidden from other consumers; "
         "it is extended while its objects are processed, and delivered again if never acknowledged")
+    lateness: Duration = Field(
+        timedelta(minutes=1), description="how late a notification may arrive after its object changed; "
+        "a reconciliation listing counts as missed by events what changed longer ago than this, was not "
+        "announced, and is new to the state")
 
     @field_validator("batch")
     @classmethod

@@ -11,6 +11,10 @@ entry-point group ``flexingest.steps``::
     redact = "mypkg.steps:Redact"
 
 Step modules are imported on first use and checked against :class:`Step`.
+
+A step may also turn one object into several records (``unpack``: one per archive
+member) by returning a :class:`Fanout` of ``(record, source)`` pairs; :func:`run_steps`
+sends each pair through the steps after it.
 """
 
 from __future__ import annotations
@@ -21,12 +25,12 @@ import threading
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Protocol, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
 from .. import metrics
-from ..exceptions import FlexingestError, PluginError, StepError
+from ..exceptions import FlexingestError, ObjectSkipped, PluginError, StepError
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -36,10 +40,12 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "flexingest.steps"
 
 BUILTIN_STEPS: dict[str, str] = {
+    "chunk": "flexingest.steps.chunk:Chunk",
     "command": "flexingest.steps.command:Command",
     "copy": "flexingest.steps.copy:Copy",
     "extract_text": "flexingest.steps.extract_text:ExtractText",
     "python": "flexingest.steps.python:Python",
+    "unpack": "flexingest.steps.unpack:Unpack",
     "webhook": "flexingest.steps.webhook:Webhook",
     "write_json": "flexingest.steps.write_json:WriteJson",
     "write_jsonl": "flexingest.steps.write_jsonl:WriteJsonl",
@@ -76,6 +82,9 @@ class Step:
     """
 
     Options: ClassVar[type[StepOptions]] = StepOptions
+    #: where the step may run with a process or Dask executor: "worker" (per object, anywhere), or
+    #: "coordinator" (it appends to one shared output); it and the steps after it run on the coordinator
+    runs_on: ClassVar[str] = "worker"
     #: the name it is registered under (set when built from a pipeline file), for metrics
     step_name: str = ""
 
@@ -83,8 +92,8 @@ class Step:
         self.options = options
         self.context = context
 
-    def process(self, record: Record, source: Source) -> Record:
-        """Process one object; return the record for the next step, or raise."""
+    def process(self, record: Record, source: Source) -> Record | Fanout:
+        """Process one object; return the record for the next step (or a Fanout), or raise."""
         raise NotImplementedError
 
     def flush(self) -> None:
@@ -94,11 +103,76 @@ class Step:
         """Release what the step holds. Called once, after its last ``process``."""
 
 
-def run_steps(steps: list[Step], record: Record, source: Source) -> list[Record]:
-    """Run one object through ``steps`` in order; returns the final record(s)."""
-    for step in steps:
+class ObjectSource(Protocol):
+    """What a step sees of an object's bytes: :class:`flexingest.connectors.Source`, or an
+    archive member's stand-in (:class:`flexingest.steps.unpack.MemberSource`)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def connector(self) -> str: ...
+    def open(self) -> Any: ...
+    def read(self) -> bytes: ...
+    def stream(self) -> Any: ...
+    def local_path(self) -> Any: ...
+
+
+class Fanout:
+    """Several ``(record, source)`` pairs in place of one record.
+
+    Returned by a step's ``process``; each pair goes through the steps after that step, in
+    turn. The pairs may be produced lazily (a generator that keeps an archive open while
+    they are processed); it is closed when processing ends, early or not.
+    """
+
+    def __init__(self, items: Iterable[tuple[Record, ObjectSource]]) -> None:
+        self.items = items
+
+    def __iter__(self) -> Iterator[tuple[Record, ObjectSource]]:
+        return iter(self.items)
+
+    def close(self) -> None:
+        close = getattr(self.items, "close", None)
+        if close is not None:
+            close()
+
+
+def run_steps(steps: Sequence[Step], record: Record, source: Source | ObjectSource) -> list[Record]:
+    """Run ``steps`` in order on one object; the records that came out of the last step.
+
+    One record, unless a step returned a :class:`Fanout`: then each of its pairs runs
+    through the remaining steps, and all their records are returned. A pair that fails
+    fails the whole object (the object is the unit of state), the error naming the
+    pair's key; a pair skipped (``ObjectSkipped``) only drops that pair.
+    """
+    return _run(steps, 0, record, source)
+
+
+def _run(steps: Sequence[Step], start: int, record: Record, source: Any) -> list[Record]:
+    for index in range(start, len(steps)):
+        step = steps[index]
         with metrics.timed_step(step.step_name or type(step).__name__, record.get("sync")):
             result = step.process(record, source)
+        if isinstance(result, Fanout):
+            out: list[Record] = []
+            try:
+                for member_record, member_source in result:
+                    try:
+                        out.extend(_run(steps, index + 1, member_record, member_source))
+                    except ObjectSkipped:
+                        continue
+                    except FlexingestError as exc:
+                        exc.args = (f"{member_source.key}: {exc}",)
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - a bug or OS error, named with the member
+                        raise StepError(f"{member_source.key}: {type(exc).__name__}: {exc}") from exc
+            finally:
+                result.close()
+            return out
         if not isinstance(result, dict):
             raise StepError(f"step {type(step).__name__} returned {type(result).__name__}, not a record")
         record = result

@@ -34,6 +34,7 @@ class WriteJsonl(Step):
 
     Options = WriteJsonlOptions
     options: WriteJsonlOptions
+    runs_on = "coordinator"  # one file, appended to by one process
 
     def __init__(self, options: WriteJsonlOptions, context: StepContext) -> None:
         super().__init__(options, context)
