@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,3 +126,42 @@ def test_the_schema_names_every_endpoint(api_schema: Any) -> None:
     assert security == {"APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-KEY",
                                          "description": "one of the service's API keys"}}
 
+
+
+def test_ready_only_while_the_scheduler_runs(tmp_path: Path) -> None:
+    import httpx
+
+    from flexingest.http.server import HttpServer
+
+    (tmp_path / "docs").mkdir()
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({
+        "version": 1, "connectors": [{"name": "docs", "type": "local", "config": {"path": "docs"}}],
+        "steps": [{"write_jsonl": {"path": "out/records.jsonl"}}],
+        "syncs": [{"name": "docs", "connector": "docs", "schedule": {"every": "1h"}}]}))
+    pipeline = load_pipeline(path)
+    State(pipeline.state_path).close()
+    stop = StopToken(grace=2)
+    service = Service(pipeline, list(pipeline.syncs), stop)
+    application = create_app(service, Keys([KEY]), JobWorker(service), CollectorRegistry())
+    thread = threading.Thread(target=service.serve, name="readiness-service", daemon=True)
+    server = HttpServer(application, "127.0.0.1", 0, grace=2)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url) as client:
+            assert client.get("/healthz").status_code == 200
+            starting = client.get("/readyz")
+            assert starting.status_code == 503
+            assert starting.json() == {"status": "not ready", "reason": "starting: the scheduler is not running yet"}
+            assert client.post("/v1/syncs/docs/run", headers={"X-API-KEY": KEY}).status_code == 503
+            thread.start()
+            wait(lambda: client.get("/readyz").status_code == 200, 10)
+            stop.request()
+            wait(lambda: client.get("/readyz").json().get("reason") == "stopping", 10)
+            assert client.get("/healthz").status_code == 200, "the process still answers"
+    finally:
+        stop.request()
+        server.stop(2)
+        if thread.is_alive():
+            thread.join(15)
+        metrics.disable()
