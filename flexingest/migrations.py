@@ -87,8 +87,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         ALTER TABLE runs ADD COLUMN missed INTEGER
     """),
+    # the length of each write_jsonl file as of the last commit: what follows it is cut on open
+    ("0005_outputs", """
+        CREATE TABLE outputs (
+            path TEXT PRIMARY KEY,
+            length INTEGER NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+    """),
     # jobs of the HTTP API (POST /v1/data-process/async): kept until done, resumed after a restart
-    ("0005_jobs", """
+    ("0006_jobs", """
         CREATE TABLE jobs (
             id TEXT PRIMARY KEY,
             connector TEXT NOT NULL,

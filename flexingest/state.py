@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 from .exceptions import StateError
 from .migrations import MIGRATIONS
@@ -492,7 +492,8 @@ class State:
 
     # ------------------------------------------------------------------ outcomes
 
-    def record(self, sync: str, outcomes: list[Outcome], max_attempts: int) -> dict[str, int]:
+    def record(self, sync: str, outcomes: list[Outcome], max_attempts: int,
+               outputs: Mapping[str, int] | None = None) -> dict[str, int]:
         """Commit a batch of outcomes in one transaction; returns how many became dead.
 
         A failure counts one attempt; ``max_attempts`` of them make the object dead. A
@@ -503,6 +504,10 @@ class State:
         dead = 0
         same = "objects.version = excluded.version"
         with self.transaction() as db:
+            for path, length in (outputs or {}).items():  # with the outcomes that account for them
+                db.execute("""INSERT INTO outputs (path, length, updated_at) VALUES (?, ?, ?)
+                              ON CONFLICT (path) DO UPDATE SET length = excluded.length,
+                                  updated_at = excluded.updated_at""", (path, length, now))
             for o in outcomes:
                 if o.status == "gone":
                     db.execute("""INSERT INTO objects (sync, key, version, size, modified, status, attempts,
@@ -544,6 +549,17 @@ class State:
                                   "now": now, "charge": charge, "permanent": int(o.permanent)}).fetchone()
                 dead += row[0] == "dead"
         return {"dead": dead}
+
+    def output_length(self, path: str, size: int) -> int:
+        """The length of an output file (``write_jsonl``) as of the last commit. A file new to the
+        state is recorded with its ``size`` now (what it held before flexingest wrote to it)."""
+        row = self.db.execute("SELECT length FROM outputs WHERE path = ?", (path,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO outputs (path, length, updated_at) VALUES (?, ?, ?)",
+                       (path, size, now_iso()))
+        return size
 
     def retry(self, sync: str | None = None) -> int:
         """Put failed and dead objects back to be processed on the next pass."""

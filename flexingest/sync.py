@@ -113,7 +113,7 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
         if storage is None:
             storage = open_connector(pipeline.connector(sync.connector), pipeline.base_dir)
         if not dry_run:
-            steps, spec = _steps_for(pipeline, sync, storage.name, executor)
+            steps, spec = _steps_for(pipeline, sync, storage.name, executor, state)
         listing_started = time.monotonic()
         listing_complete = _list(storage, sync, state, stop)
         if not dry_run:  # the first write: after the state's integrity check, run beside the listing
@@ -213,7 +213,7 @@ def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], 
         connector = pipeline.connector(connector_ref)
         if storage is None:
             storage = open_connector(connector, pipeline.base_dir)
-        steps, spec = _steps_for(pipeline, sync, connector.name, executor)
+        steps, spec = _steps_for(pipeline, sync, connector.name, executor, state)
         concurrency = sync.concurrency if sync is not None else 8
         infos: list[ObjectInfo] = []
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -309,7 +309,7 @@ def process_events(pipeline: Pipeline, sync: Sync, state: State, messages: list[
                     unsettled.add(key)
                     log.warning("%s: %s", sync.name, error)
         if infos:
-            steps, spec = _steps_for(pipeline, sync, storage.name, executor)
+            steps, spec = _steps_for(pipeline, sync, storage.name, executor, state)
             now = time.time()
             state.begin_listing()
             state.add_listing([(*i, sync.skip_reason(i.key, i.size, None if i.modified is None else now - i.modified))
@@ -359,12 +359,12 @@ def _describe(executor: Executor | None) -> str:
     return "threads" if executor is None else executor.describe()
 
 
-def _steps_for(pipeline: Pipeline, sync: Sync | None, connector: str,
-               executor: Executor | None) -> tuple[list[Step], WorkerSpec | None]:
+def _steps_for(pipeline: Pipeline, sync: Sync | None, connector: str, executor: Executor | None,
+               state: State) -> tuple[list[Step], WorkerSpec | None]:
     """The steps this process builds: all of them with threads; with an executor, only those
     that run on the coordinator (the workers build theirs), and the workers' spec."""
     if executor is None:
-        return build_steps(pipeline, sync), None
+        return build_steps(pipeline, sync, state=state), None
     from .executors import WorkerSpec, check_secrets, split_steps
 
     calls = pipeline.steps_for(sync)
@@ -373,7 +373,7 @@ def _steps_for(pipeline: Pipeline, sync: Sync | None, connector: str,
     spec = WorkerSpec(str(pipeline.path.resolve()), pipeline.path.read_text(encoding="utf-8"),
                       sync.name if sync is not None else None, connector, sync.name if sync is not None else None,
                       on_workers)
-    return build_steps(pipeline, sync, start=on_workers), spec
+    return build_steps(pipeline, sync, start=on_workers, state=state), spec
 
 
 def _processing(storage: Storage, steps: list[Step], spec: WorkerSpec | None, committer: Committer,

@@ -19,6 +19,7 @@ sends each pair through the steps after it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import threading
@@ -72,6 +73,13 @@ class StepContext:
     open_destination: Callable[[str, str | None], tuple[AbstractFileSystem, str]] = field(
         default=lambda url, connector: _default_destination(url)
     )
+    #: ``(path, its size now) -> its length as of the last commit of the state`` (``write_jsonl``:
+    #: what a crash wrote after it is cut when the file is opened again); a file the state does
+    #: not know yet is recorded with its size now.
+    committed_length: Callable[[str, int], int] = field(default=lambda path, size: size)
+
+#: What a commit records of each object: ``(key, version, status)``.
+Settled = tuple[str, str, str]
 
 
 class Step:
@@ -98,6 +106,14 @@ class Step:
 
     def flush(self) -> None:
         """Make everything written so far durable. Called before objects are recorded done."""
+
+    @contextlib.contextmanager
+    def committing(self, settled: Sequence[Settled]) -> Iterator[dict[str, int]]:
+        """Around the commit of a batch of outcomes: make outputs durable, and yield the
+        lengths of output files to record with the batch, in the same transaction. The
+        default calls :meth:`flush` and records nothing."""
+        self.flush()
+        yield {}
 
     def close(self) -> None:
         """Release what the step holds. Called once, after its last ``process``."""
