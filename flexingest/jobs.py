@@ -16,7 +16,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .exceptions import ApiError, FlexingestError, StateError
 from .state import State, now_iso
@@ -94,6 +94,26 @@ def _set(state: State, job: Job) -> None:
                     job.finished_at, job.id))
 
 
+class _Unrecorded(State):
+    """The state of a job without a sync: its outcomes stay in memory (nothing is recorded under
+    a sync, as with ``flexingest process``), but the committed lengths of the files its steps
+    append to (``write_jsonl``) are the service's state's, read from it and committed to it:
+    otherwise the next pass, opening such a file, would cut the job's lines as uncommitted."""
+
+    def __init__(self, service_state: State) -> None:
+        super().__init__(":memory:")
+        self.service_state = service_state
+
+    def output_length(self, path: str, size: int) -> int:
+        return self.service_state.output_length(path, size)
+
+    def record(self, sync: str, outcomes: list[Any], max_attempts: int,
+               outputs: Mapping[str, int] | None = None) -> dict[str, int]:
+        if outputs:
+            self.service_state.record(sync, [], max_attempts, outputs=outputs)
+        return super().record(sync, outcomes, max_attempts)
+
+
 class JobWorker:
     """Runs the jobs of the state file one at a time, in a thread, until the service stops."""
 
@@ -164,7 +184,7 @@ class JobWorker:
         except FlexingestError as exc:
             self._finish(state, job, "failed", [], str(exc))
             return
-        target = state if sync is not None else State(":memory:")  # without a sync nothing is recorded
+        target = state if sync is not None else _Unrecorded(state)  # without a sync no outcome is recorded
         try:
             result = process_keys(pipeline, job.connector, job.keys, sync=sync, state=target, stop=service.stop,
                                   storage=storage, executor=service.executor)

@@ -488,3 +488,22 @@ def test_metrics_count_what_the_passes_do(api: Api) -> None:
     assert ("flexingest_listing_duration_seconds_count", (("sync", "docs"),)) in after
     assert ("flexingest_jobs", (("status", "done"),)) in after
     assert all(name.startswith("flexingest_") for name, _ in after)
+
+
+def test_lines_written_by_a_job_without_a_sync_are_kept_by_the_next_pass(api: Api) -> None:
+    """write_jsonl cuts what follows the committed length of its file when it opens it: a job's
+    lines must be committed in the service's state too, or the next pass would cut them."""
+    key = f"job-line-{uuid.uuid4().hex[:6]}.txt"
+    (api.base / "docs" / key).write_text("a line of its own")
+    job = api.job({"source": {"connector_id": 42, "keys": [key]}})
+    assert job["status"] == "done", job
+    records = api.base / "out" / "records.jsonl"
+
+    def lines_of(k: str) -> int:
+        return sum(1 for line in records.read_text().splitlines() if json.loads(line)["key"] == k)
+
+    assert lines_of(key) == 1
+    runs = api.runs("docs")
+    assert api.client.post("/v1/syncs/docs/run").status_code == 202
+    wait_for(lambda: api.runs("docs") == runs + 1, 30, "the pass")
+    assert lines_of(key) == 2, "the job's line is kept, and the pass wrote the object's own line"

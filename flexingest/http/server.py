@@ -20,11 +20,25 @@ from ..exceptions import FlexingestError
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024  # bytes of a request body
+#: bytes of an oversized body read (and thrown away) before the 413, so that the client, still
+#: sending, reads the answer: a connection closed on unread bytes is reset, and the answer lost
+DRAIN = 16 * MAX_BODY
+
+
+async def _drain(receive: Any, budget: int = DRAIN) -> None:
+    while budget > 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
 
 
 class BodyLimit:
     """ASGI middleware: a body over ``limit`` bytes is answered 413 before it is parsed, whether it
-    says its length (Content-Length) or not (chunked): the bytes are counted as they arrive."""
+    says its length (Content-Length) or not (chunked): the bytes are counted as they arrive, and
+    no more than ``limit`` of them are kept."""
 
     def __init__(self, app: Any, limit: int = MAX_BODY) -> None:
         self.app, self.limit = app, limit
@@ -35,6 +49,8 @@ class BodyLimit:
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                if int(value) <= DRAIN:
+                    await _drain(receive)
                 await self._refuse(scope, receive, send)
                 return
         received = 0
@@ -47,6 +63,8 @@ class BodyLimit:
                 if received > self.limit:
                     from fastapi import HTTPException
 
+                    if message.get("more_body"):
+                        await _drain(receive)
                     raise HTTPException(413, self._why())  # FastAPI answers it while it reads the body
             return message
 
