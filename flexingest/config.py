@@ -309,6 +309,28 @@ Schedule = Annotated[
 ]
 
 
+class After(Strict):
+    """What happens to a source object once it is done (one of the three)."""
+
+    delete: bool = Field(False, description="delete the object")
+    move_to: str | None = Field(None, min_length=1, description="a prefix of the same bucket (done/), or a URL of "
+                                                                "another bucket of the connector's store")
+    tag: dict[str, str] | None = Field(None, description="S3 object tags, GCS custom metadata, Azure blob index "
+                                                         "tags, local extended attributes (user.NAME)")
+
+    @model_validator(mode="after")
+    def _one(self) -> After:
+        given = [name for name, on in (("delete", self.delete), ("move_to", self.move_to is not None),
+                                       ("tag", bool(self.tag))) if on]
+        if len(given) != 1:
+            raise ValueError("give one of delete: true, move_to: PREFIX or tag: {name: value}"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+    def describe(self) -> str:
+        return "delete" if self.delete else f"move_to {self.move_to}" if self.move_to else "tag"
+
+
 class Sync(Strict):
     name: str = Field(min_length=1, pattern=r"^[^\s]+$")
     connector: str | int = Field(description="a connector name, or its integer id")
@@ -325,6 +347,7 @@ class Sync(Strict):
     steps: StepList | None = Field(None, description="overrides the top-level steps")  # type: ignore[valid-type]
     events: EventsConfig | None = Field(None, description="bucket notifications that find new objects between "
                                         "listings; 'schedule' is then the reconciliation listing")
+    after: After | None = Field(None, description="what happens to each source object once it is done")
 
     @field_validator("include", "exclude")
     @classmethod
@@ -338,6 +361,27 @@ class Sync(Strict):
         if self.min_size is not None and self.max_size is not None and self.min_size > self.max_size:
             raise ValueError("'min_size' is larger than 'max_size'")
         return self
+
+    def after_loops(self) -> str | None:
+        """Why ``after: {move_to}`` would move objects back into what this sync lists, or None.
+
+        Objects moved under the sync's own prefix, where its filters keep them, would be new
+        objects at the next listing: processed, moved again, for ever.
+        """
+        if self.after is None or self.after.move_to is None or "://" in self.after.move_to:
+            return None
+        dest = self.after.move_to.lstrip("/")
+        if not dest.startswith(self.prefix):
+            return None
+        names = ["file.txt", "a/b/file.pdf", *(p.rsplit("/", 1)[-1].replace("**", "x").replace("*", "x")
+                                              .replace("?", "x") for p in self.include)]
+        base = dest if dest.endswith("/") or not dest else f"{dest}/"
+        for name in names:
+            if self.skip_reason(base + name, 1, None) is None:
+                return (f"moves objects to {dest!r}, inside what this sync lists (prefix {self.prefix!r}), where its "
+                        f"filters keep them: they would be processed again, for ever; move them outside the prefix, "
+                        f"or exclude the destination (exclude: ['{base}**'])")
+        return None
 
     @cached_property
     def _include_re(self) -> list[re.Pattern[str]]:

@@ -108,10 +108,10 @@ class _Unrecorded(State):
         return self.service_state.output_length(path, size)
 
     def record(self, sync: str, outcomes: list[Any], max_attempts: int,
-               outputs: Mapping[str, int] | None = None) -> dict[str, int]:
+               outputs: Mapping[str, int] | None = None, after: str | None = None) -> dict[str, int]:
         if outputs:
             self.service_state.record(sync, [], max_attempts, outputs=outputs)
-        return super().record(sync, outcomes, max_attempts)
+        return super().record(sync, outcomes, max_attempts, after=after)
 
 
 class JobWorker:

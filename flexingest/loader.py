@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from .console import printable
 from .exceptions import ConfigError, ConfigIssue
-from .validation import Loc, field_path, issue_from_pydantic, plugins_named, reference_issues
+from .validation import Loc, field_path, issue_from_pydantic, model_issues, plugins_named, reference_issues
 
 MAX_NODES = 100_000  # values after alias expansion: a bound against "billion laughs"
 MAX_YAML_NODES = 20_000  # values as written (a pipeline with 500 syncs has about 10,000): parsing stays < 1 s
@@ -372,6 +372,8 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, need_secr
             if issue is not None:
                 issues.append(issue)
     issues.extend(reference_issues(data, walker))
+    if pipeline is not None:
+        issues.extend(model_issues(pipeline, walker))
     if from_dir:
         issues = [_in_connector_file(i, from_dir) for i in issues]
     if issues:

@@ -95,8 +95,21 @@ MIGRATIONS: list[tuple[str, str]] = [
             updated_at TEXT NOT NULL
         )
     """),
+    # after: actions on source objects, recorded with their done and run after the commit
+    ("0006_after_actions", """
+        CREATE TABLE after_actions (
+            sync TEXT NOT NULL,
+            key TEXT NOT NULL,
+            version TEXT NOT NULL,
+            action TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (sync, key)
+        ) WITHOUT ROWID
+    """),
     # jobs of the HTTP API (POST /v1/data-process/async): kept until done, resumed after a restart
-    ("0006_jobs", """
+    ("0007_jobs", """
         CREATE TABLE jobs (
             id TEXT PRIMARY KEY,
             connector TEXT NOT NULL,

@@ -220,8 +220,9 @@ class Committer:
     """Collects outcomes and commits them in batches, after the steps made their outputs durable."""
 
     def __init__(self, state: State, sync: str, steps: list[Step], max_attempts: int,
-                 counts: dict[str, int], keep: list[Outcome] | None) -> None:
+                 counts: dict[str, int], keep: list[Outcome] | None, after: str | None = None) -> None:
         self.state, self.sync, self.steps, self.max_attempts = state, sync, steps, max_attempts
+        self.after = after  # the sync's after: action, recorded as pending with each done
         self.counts = counts
         self.keep = keep
         self.pending: list[Outcome] = []
@@ -252,7 +253,8 @@ class Committer:
             result = self.state.record(self.sync, batch, self.max_attempts)
         else:
             with held:  # a commit that fails makes the steps take back what they appended
-                result = self.state.record(self.sync, batch, self.max_attempts, outputs=lengths)
+                result = self.state.record(self.sync, batch, self.max_attempts, outputs=lengths,
+                                           after=self.after)
         metrics.observe_outcomes(self.sync, batch)
         for o in batch:
             self.counts[o.status] = self.counts.get(o.status, 0) + 1

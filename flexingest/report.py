@@ -38,6 +38,7 @@ def status_report(pipeline: Pipeline, *, problems: int | None = 20, state: State
     rows: dict[str, dict[str, Any]] = {}
     listed: dict[str, list[dict[str, Any]]] = {}
     events: dict[str, dict[str, Any]] = {}
+    after: dict[str, dict[str, Any]] = {}
     if state is not None or pipeline.state_path.exists():
         own = state is None
         state = state or State(pipeline.state_path, readonly=True)
@@ -47,6 +48,7 @@ def status_report(pipeline: Pipeline, *, problems: int | None = 20, state: State
             rows = state.status()
             listed = {name: [dict(r) for r in state.problems(name, problems)] for name in rows}
             events = state.event_stats()
+            after = state.after_status()
         finally:
             if own:
                 state.close()
@@ -65,6 +67,9 @@ def status_report(pipeline: Pipeline, *, problems: int | None = 20, state: State
         last = entry["last_run"]
         entry["next_due"] = _iso(next_due(sync, last["started_at"] if last else None, now) if sync else None)
         entry["problems"] = listed.get(name, [])
+        if sync is not None and sync.after is not None or name in after:
+            entry["after"] = {"action": sync.after.describe() if sync is not None and sync.after is not None else None,
+                              "pending": 0, "failing": 0, "error": None, **after.get(name, {})}
         if sync is not None and sync.events is not None or name in events:
             entry["events"] = {"queue": sync.events.type if sync is not None and sync.events is not None else None,
                                **events.get(name, {})}
@@ -104,6 +109,11 @@ def status_lines(report: dict[str, Any], mask: Any = lambda text: text) -> Itera
                       if last and last.get("missed") else ""))
         elif queue:
             yield f"  {shown}: events ({queue['queue']}): none received yet"
+        actions = e.get("after")
+        if actions and actions["pending"]:
+            yield (f"  {shown}: after ({actions['action']}): {actions['pending']} pending"
+                   + (f", {actions['failing']} failing: {printable(mask(actions['error'] or ''))}"
+                      if actions["failing"] else ""))
         if last and last["result"] == "killed" and not last["ended_at"]:
             yield f"  {shown}: the last run did not finish: {last['error']}"
         for problem in e["problems"]:

@@ -493,7 +493,7 @@ class State:
     # ------------------------------------------------------------------ outcomes
 
     def record(self, sync: str, outcomes: list[Outcome], max_attempts: int,
-               outputs: Mapping[str, int] | None = None) -> dict[str, int]:
+               outputs: Mapping[str, int] | None = None, after: str | None = None) -> dict[str, int]:
         """Commit a batch of outcomes in one transaction; returns how many became dead.
 
         A failure counts one attempt; ``max_attempts`` of them make the object dead. A
@@ -517,6 +517,12 @@ class State:
                                       updated_at = excluded.updated_at""",
                                (sync, o.key, o.version, o.size, o.modified, now, now))
                     continue
+                if o.status == "done" and after is not None:  # its after: action, pending from this commit on
+                    db.execute("""INSERT INTO after_actions (sync, key, version, action, attempts, error, updated_at)
+                                  VALUES (?, ?, ?, ?, 0, NULL, ?)
+                                  ON CONFLICT (sync, key) DO UPDATE SET version = excluded.version,
+                                      action = excluded.action, attempts = 0, error = NULL,
+                                      updated_at = excluded.updated_at""", (sync, o.key, o.version, after, now))
                 if o.status in ("done", "skipped"):
                     db.execute(f"""INSERT INTO objects (sync, key, version, size, modified, status, attempts,
                                                         error, processed_at, gone_at, updated_at)
@@ -549,6 +555,36 @@ class State:
                                   "now": now, "charge": charge, "permanent": int(o.permanent)}).fetchone()
                 dead += row[0] == "dead"
         return {"dead": dead}
+
+    def pending_after(self, sync: str, limit: int = 1000) -> list[sqlite3.Row]:
+        """``after:`` actions recorded with a done and not yet carried out, oldest first."""
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'after_actions'").fetchone():
+            return []
+        return self.db.execute("""SELECT key, version, action, attempts FROM after_actions WHERE sync = ?
+                                  ORDER BY updated_at LIMIT ?""", (sync, limit)).fetchall()
+
+    def after_settled(self, sync: str, results: list[tuple[str, str, str | None]]) -> None:
+        """Record what the actions did: ``(key, version, None)`` done, ``(key, version, error)`` failed."""
+        now = now_iso()
+        with self.transaction() as db:
+            for key, version, error in results:
+                if error is None:
+                    db.execute("DELETE FROM after_actions WHERE sync = ? AND key = ? AND version = ?",
+                               (sync, key, version))
+                else:
+                    db.execute("""UPDATE after_actions SET attempts = attempts + 1, error = ?, updated_at = ?
+                                  WHERE sync = ? AND key = ? AND version = ?""",
+                               (_text(error), now, sync, key, version))
+
+    def after_status(self) -> dict[str, dict[str, Any]]:
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'after_actions'").fetchone():
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.db.execute("""SELECT sync, count(*) AS pending, sum(attempts > 0) AS failing,
+                                           max(CASE WHEN attempts > 0 THEN error END) AS error
+                                    FROM after_actions GROUP BY sync"""):
+            out[r["sync"]] = {"pending": r["pending"], "failing": r["failing"] or 0, "error": r["error"]}
+        return out
 
     def output_length(self, path: str, size: int) -> int:
         """The length of an output file (``write_jsonl``) as of the last commit. A file new to the

@@ -75,6 +75,9 @@ class PassResult:
                 f"dead {c.get('dead', 0)}, gone {c.get('gone', 0)} in {self.seconds:.1f}s")
         if "missed" in c:
             text += f"; missed by events {c['missed']}"
+        if c.get("after") or c.get("after_failed"):
+            text += f"; after: {c.get('after', 0)} done" + (f", {c['after_failed']} failed"
+                                                           if c.get("after_failed") else "")
         if self.interrupted:
             text += " (stopped early: the rest is processed on the next pass)"
         if self.error:
@@ -141,7 +144,7 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
         if plan.to_process and not result.interrupted:
             log.info("%s: %d to process (%d new, %d changed, %d to retry) of %d listed", sync.name,
                      plan.to_process, counts["new"], counts["changed"], counts["retry"], counts["listed"])
-            committer = Committer(state, sync.name, steps, sync.max_attempts, counts, None)
+            committer = Committer(state, sync.name, steps, sync.max_attempts, counts, None, after=_after(sync))
             processing = _processing(storage, steps, spec, committer, executor, record_as=sync.name,
                                      concurrency=sync.concurrency, total=plan.to_process, stop=stop,
                                      on_progress=metrics.progress(sync.name, on_progress), redact=redact)
@@ -151,6 +154,8 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
             result.interrupted = result.interrupted or (not complete and not processing.breaker.tripped)
         if listing_complete:
             counts["gone"] += state.mark_gone(sync.name)
+        if sync.after is not None and not result.interrupted:
+            run_after(state, sync, storage, counts, stop)
     except StateError:
         state_failed = True  # the state file itself: not this sync's failure, the whole run's
         raise
@@ -230,7 +235,8 @@ def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], 
         plan = state.plan(name, force=True)
         counts["listed"] = len(infos)
         counts["new"] = plan.to_process
-        committer = Committer(state, name, steps, sync.max_attempts if sync else 3, counts, result.outcomes)
+        committer = Committer(state, name, steps, sync.max_attempts if sync else 3, counts, result.outcomes,
+                              after=_after(sync))
         processing = _processing(storage, steps, spec, committer, executor, record_as=sync.name if sync else None,
                                  concurrency=concurrency, total=plan.to_process, stop=stop,
                                  on_progress=on_progress, redact=redact)
@@ -318,7 +324,7 @@ def process_events(pipeline: Pipeline, sync: Sync, state: State, messages: list[
             counts.update({k: plan.counts.get(k, 0) for k in ("new", "changed", "retry")})
             if plan.to_process:
                 kept: list[Outcome] = []
-                committer = Committer(state, sync.name, steps, sync.max_attempts, counts, kept)
+                committer = Committer(state, sync.name, steps, sync.max_attempts, counts, kept, after=_after(sync))
                 processing = _processing(storage, steps, spec, committer, executor, record_as=sync.name,
                                          concurrency=sync.concurrency, total=plan.to_process, stop=stop,
                                          on_progress=on_progress, redact=redact)
@@ -330,6 +336,8 @@ def process_events(pipeline: Pipeline, sync: Sync, state: State, messages: list[
                     result.error = redact(processing.breaker.reason or "")
                 result.interrupted = not complete and not processing.breaker.tripped
         counts["gone"] += state.mark_keys_gone(sync.name, deleted)
+        if sync.after is not None and not result.interrupted:
+            run_after(state, sync, storage, counts, stop)
         times = [e.time for e in latest.values() if e.time is not None]
         last = max(times) if times else None
         state.note_events(sync.name, len(messages), len(latest),
@@ -353,6 +361,47 @@ def process_events(pipeline: Pipeline, sync: Sync, state: State, messages: list[
             log.warning("%s: %s (those messages come again; what they name is already recorded)", sync.name, exc)
     counts["acked"] = len(settle)
     return result
+
+
+def _after(sync: Sync | None) -> str | None:
+    return sync.after.describe() if sync is not None and sync.after is not None else None
+
+
+def run_after(state: State, sync: Sync, storage: Storage, counts: dict[str, int], stop: StopToken | None) -> None:
+    """Carry out the sync's pending ``after:`` actions (see :mod:`flexingest.after`)."""
+    assert sync.after is not None
+    after = sync.after
+    tried: set[str] = set()  # once a pass each: one that fails is tried again by the next pass
+    while not (stop is not None and stop.is_set()):
+        todo = [r for r in state.pending_after(sync.name, 1000 + len(tried)) if r["key"] not in tried]
+        if not todo:
+            return
+        tried.update(r["key"] for r in todo)
+
+        with ThreadPoolExecutor(max_workers=min(sync.concurrency, len(todo))) as pool:
+            done = list(pool.map(lambda row: _act(storage, sync, row), todo))
+        results = [(key, version, error) for key, version, error, _ in done]
+        state.after_settled(sync.name, results)
+        state.mark_keys_gone(sync.name, [key for key, _, _, removed in done if removed])  # deleted or moved
+        failed = [(k, e) for k, _, e in results if e is not None]
+        counts["after"] = counts.get("after", 0) + len(results) - len(failed)
+        counts["after_failed"] = counts.get("after_failed", 0) + len(failed)
+        for key, error in failed[:3]:
+            log.warning("%s: after (%s) %s failed (tried again on the next pass): %s", sync.name,
+                        after.describe(), key, error)
+
+
+def _act(storage: Storage, sync: Sync, row: Any) -> tuple[str, str, str | None, bool]:
+    """One pending action: (key, version, the error or None, whether the object left the bucket)."""
+    from .after import act
+
+    assert sync.after is not None
+    try:
+        what, removed = act(storage, sync.after, row["key"], row["version"], sync.prefix)
+    except FlexingestError as exc:
+        return row["key"], row["version"], str(exc), False
+    log.debug("%s: %s: %s", sync.name, row["key"], what)
+    return row["key"], row["version"], None, removed
 
 
 def _describe(executor: Executor | None) -> str:

@@ -261,6 +261,13 @@ def reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue]
                     + f" (known: {', '.join(names)})")
         if s.get("steps") is None and not top_steps:
             add(("syncs", i), "no steps: give this sync 'steps' or declare top-level 'steps'")
+        after = s.get("after")
+        if isinstance(after, dict) and isinstance(after.get("move_to"), str) and "://" in after["move_to"]:
+            found = configs.get(ref) if isinstance(ref, (str, int)) and not isinstance(ref, bool) else None
+            if found is not None and isinstance(found[0], str):
+                problem = destination_url_problem(after["move_to"], str(ref), found[0])
+                if problem:
+                    add(("syncs", i, "after", "move_to"), problem)
         if s.get("events") is not None and isinstance(ref, (str, int)) and not isinstance(ref, bool):
             from .events import events_problems
 
@@ -286,6 +293,18 @@ def reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue]
                     problem = destination_url_problem(url, ref, types[ref]) if isinstance(url, str) else None
                     if problem:
                         add((*loc, j, step_name, "url"), problem)
+    return issues
+
+
+def model_issues(pipeline: Any, walker: _Walker) -> list[ConfigIssue]:
+    """Checks that need the validated models: an ``after: {move_to}`` that would loop."""
+    issues = []
+    for i, sync in enumerate(pipeline.syncs):
+        problem = sync.after_loops()
+        if problem:
+            loc: Loc = ("syncs", i, "after", "move_to")
+            line, col = walker.value_marks.get(loc, (0, 0))
+            issues.append(ConfigIssue(walker.file, line, col, field_path(loc), problem))
     return issues
 
 

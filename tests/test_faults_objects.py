@@ -6,7 +6,6 @@ Items 1, 4, 7, 8, 9 and 10 of the reliability matrix (docs/reliability.md).
 from __future__ import annotations
 
 import json
-from collections import Counter
 import os
 import random
 import shutil
@@ -17,6 +16,7 @@ import sys
 import time
 import unicodedata
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
