@@ -572,69 +572,10 @@ def _executor_or_exit(p: Pipeline, spec: str | None) -> Any:
 
 
 def _run_once(p: Pipeline, syncs: list[Sync], stop: StopToken, state: Any, executor: Any = None) -> int:
-    """One pass of each sync. A sync with events first drains its queue; its listing (the
-    reconciliation) then runs if it never ran or its schedule says it is due."""
-    from .sync import run_pass
+    from .runner import run_once
 
-    failed = False
-    progress = _progress_factory()
-    for sync in syncs:
-        if stop.is_set():
-            break
-        if sync.events is not None:
-            result = _drain_events(p, sync, stop, state, executor)
-            if result is not None:
-                _report(result)
-                failed = failed or not result.ok
-            if not _listing_due(state, sync):
-                continue
-        bar = progress(sync.name)
-        try:
-            result = run_pass(p, sync, state, stop=stop, on_progress=bar, executor=executor)
-        finally:
-            if bar:
-                bar.close()
-        _report(result)
-        failed = failed or not result.ok
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-def _drain_events(p: Pipeline, sync: Sync, stop: StopToken, state: Any, executor: Any) -> PassResult | None:
-    """What the sync's queue holds now, processed and acknowledged (``run --once``)."""
-    from .events import open_event_source
-    from .exceptions import FlexingestError
-    from .sync import PassResult, process_events
-
-    try:
-        with open_event_source(p, sync) as source:
-            messages = source.drain(max_wait=60.0)
-            if not messages:
-                log.info("%s: events: the queue is empty", sync.name)
-                state.note_events(sync.name, 0, 0, None, None)
-                return None
-            with source.keep_alive(messages):
-                return process_events(p, sync, state, messages, stop=stop, executor=executor)
-    except FlexingestError as exc:
-        result = PassResult(sync.name, kind="events")
-        result.error = str(exc)
-        return result
-
-
-def _listing_due(state: Any, sync: Sync) -> bool:
-    """A sync with events lists (reconciles) only when its schedule says so, or never did."""
-    from datetime import datetime, timezone
-
-    from .runner import next_due
-
-    last = state.status().get(sync.name, {}).get("last_run")
-    if last is None:
-        return True  # the backfill
-    due = next_due(sync, last["started_at"])
-    if due is not None and due > datetime.now(timezone.utc):
-        log.info("%s: the reconciliation listing is due at %s; events only this time", sync.name,
-                 due.isoformat(timespec="seconds"))
-        return False
-    return True
+    ok = run_once(p, syncs, state, stop=stop, executor=executor, on_result=_report, progress=_progress_factory())
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _dry_run(p: Pipeline, syncs: list[Sync]) -> NoReturn:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Collection, Iterator
 
 from .console import printable
 from .lock import StateLock
-from .state import STATUS_COUNTS, State
+from .records import STATUS_COUNTS
+from .state import State
 
 if TYPE_CHECKING:
     from .config import Pipeline

@@ -35,7 +35,8 @@ from .processing import (
     build_steps,
     close_steps,
 )
-from .state import Outcome, State, now_iso
+from .records import now_iso
+from .state import Outcome, State
 from .steps import Step
 
 if TYPE_CHECKING:
