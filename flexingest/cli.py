@@ -504,33 +504,21 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
     _exit(code)
 
 
-def _http_settings(address: str, key_file: str | None) -> tuple[str, int, list[str]]:
+def _http_settings(address: str, key_file: str | None) -> Any:
     """--http HOST:PORT and the API keys, checked before anything starts (exit 2 with why)."""
+    from .console import add_secrets
     from .exceptions import FlexingestError
-    from .http import require
-    from .http.auth import is_loopback, load_keys
+    from .http import settings
 
-    host, sep, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise click.BadParameter(f"{address!r}: expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080",
-                                 param_hint="--http")
     try:
-        require()
-        keys = load_keys(os.environ.get("FLEXINGEST_API_KEYS"), key_file)
+        found = settings(address, key_file, os.environ.get("FLEXINGEST_API_KEYS"))
     except FlexingestError as exc:
         _fail(str(exc), EXIT_INVALID)
-    if not keys and not is_loopback(host):
-        _fail(f"--http {address}: refusing to serve a non-loopback address without an API key; set "
-              "FLEXINGEST_API_KEYS or give --api-key-file (or serve 127.0.0.1 only)", EXIT_INVALID)
-    from .console import add_secrets
-
-    add_secrets(set(keys))  # a key never reaches a log line
-    return host, int(port), keys
+    add_secrets(set(found.keys))  # a key never reaches a log line
+    return found
 
 
-def _serve(p: Pipeline, syncs: list[Sync], stop: StopToken, http: tuple[str, int, list[str]] | None,
-           executor: Any) -> int:
+def _serve(p: Pipeline, syncs: list[Sync], stop: StopToken, http: Any, executor: Any) -> int:
     """The service until a stop, with its HTTP interface if asked; SIGHUP reloads the pipeline file."""
     from .console import add_secrets
     from .exceptions import FlexingestError
@@ -544,15 +532,10 @@ def _serve(p: Pipeline, syncs: list[Sync], stop: StopToken, http: tuple[str, int
         if http is not None:
             from .http import start
 
-            host, port, keys = http
             try:
-                interface = start(service, host, port, keys)
+                interface = start(service, http)
             except FlexingestError as exc:
                 _fail(str(exc), EXIT_FAILED)
-            log.info("HTTP interface on %s (status page at /, API under /v1/)", interface.url)
-            if not keys:
-                log.warning("no API key configured: the HTTP interface on %s answers without authentication "
-                            "(loopback only); set FLEXINGEST_API_KEYS or --api-key-file", interface.url)
         healthy = service.serve()
     finally:
         signal.signal(signal.SIGHUP, previous)

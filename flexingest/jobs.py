@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .exceptions import ApiError, FlexingestError, StateError
-from .state import State, now_iso
+from .records import now_iso
+from .state import State
 
 if TYPE_CHECKING:
     from .runner import Service
