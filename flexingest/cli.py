@@ -429,14 +429,24 @@ def _parse_request(stream: Any) -> tuple[str, tuple[str, ...]]:
 @click.option("--executor", "executor_spec", metavar="SPEC",
               help="Where the steps run: threads, processes[:N], dask[:N] (a local cluster) or "
                    "dask:tcp://HOST:PORT; overrides the pipeline's executor:.")
+@click.option("--http", "http_address", metavar="HOST:PORT",
+              help="Also serve the HTTP interface (FlexOrch connector API, status page, /metrics) on this "
+                   "address; keys from FLEXINGEST_API_KEYS or --api-key-file.")
+@click.option("--api-key-file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="With --http: API keys, one a line ('#' comments and blank lines ignored).")
 @_common
 def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: str,
-        executor_spec: str | None) -> None:
+        executor_spec: str | None, http_address: str | None, api_key_file: str | None) -> None:
     """Run the syncs: as a service on their schedules, or --once.
 
     The service makes a first pass of every sync at start, then follows each sync's
     schedule until SIGTERM or SIGINT: it then stops taking objects, lets those in flight
-    finish (--grace), commits and exits 0. A second signal stops at once.
+    finish (--grace), commits and exits 0. A second signal stops at once. SIGHUP loads
+    the pipeline file again (an invalid one is refused and the running one kept).
+
+    With --http HOST:PORT the service also answers HTTP: /v1/ (FlexOrch's connector API,
+    syncs, jobs; X-API-KEY), /healthz, /readyz, /metrics and a status page at /. Without
+    an API key it serves a loopback address only.
 
     With --once: exit 0 if every object is done, 1 if any failed, 75 if another run
     holds the state lock.
@@ -446,6 +456,7 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
       flexingest run pipeline.yaml                     # systemd service
       flexingest run pipeline.yaml --once              # cron: */5 * * * *
       flexingest run pipeline.yaml --once --sync contracts --dry-run
+      FLEXINGEST_API_KEYS=$(cat /etc/flexingest/key) flexingest run pipeline.yaml --http 0.0.0.0:8080
     """
     from .sync import StopToken
     from .units import parse_duration
@@ -456,6 +467,11 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
         raise click.BadParameter(str(exc), param_hint="--grace") from None
     if dry_run and not once:
         raise click.UsageError("--dry-run goes with --once")
+    if http_address is not None and once:
+        raise click.UsageError("--http goes with the service, not --once")
+    if api_key_file is not None and http_address is None:
+        raise click.UsageError("--api-key-file goes with --http")
+    http = _http_settings(http_address, api_key_file) if http_address is not None else None
     p = _load(pipeline)
     syncs = _syncs(p, sync_name)
     if dry_run:
@@ -474,10 +490,7 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
         else:
             _verify_or_exit(state)  # the service checks the file once, before its first pass
             state.close()
-            from .runner import serve
-
-            healthy = serve(p, syncs, stop, _report, progress=_progress_factory(), executor=executor)
-            code = EXIT_OK if healthy else EXIT_FAILED
+            code = _serve(p, syncs, stop, http, executor)
     finally:
         restore()
         children.end()  # programs of steps still running after the grace time: TERM, then KILL
@@ -489,6 +502,46 @@ def run(pipeline: str, once: bool, sync_name: str | None, dry_run: bool, grace: 
         logging.shutdown()
         os._exit(code)  # do not wait for worker threads left behind after the grace time
     _exit(code)
+
+
+def _http_settings(address: str, key_file: str | None) -> Any:
+    """--http HOST:PORT and the API keys, checked before anything starts (exit 2 with why)."""
+    from .console import add_secrets
+    from .exceptions import FlexingestError
+    from .http import settings
+
+    try:
+        found = settings(address, key_file, os.environ.get("FLEXINGEST_API_KEYS"))
+    except FlexingestError as exc:
+        _fail(str(exc), EXIT_INVALID)
+    add_secrets(set(found.keys))  # a key never reaches a log line
+    return found
+
+
+def _serve(p: Pipeline, syncs: list[Sync], stop: StopToken, http: Any, executor: Any) -> int:
+    """The service until a stop, with its HTTP interface if asked; SIGHUP reloads the pipeline file."""
+    from .console import add_secrets
+    from .exceptions import FlexingestError
+    from .runner import Service
+
+    service = Service(p, syncs, stop, _report, progress=_progress_factory(), executor=executor,
+                      on_reload=lambda new: add_secrets(new.secrets()))
+    previous = signal.signal(signal.SIGHUP, lambda signum, frame: service.request_reload())
+    interface = None
+    try:
+        if http is not None:
+            from .http import start
+
+            try:
+                interface = start(service, http)
+            except FlexingestError as exc:
+                _fail(str(exc), EXIT_FAILED)
+        healthy = service.serve()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+        if interface is not None:
+            interface.stop(max(2.0, stop.remaining() or 0.0))
+    return EXIT_OK if healthy else EXIT_FAILED
 
 
 def _executor_or_exit(p: Pipeline, spec: str | None) -> Any:

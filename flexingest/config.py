@@ -473,10 +473,15 @@ class Pipeline(Strict):
     steps: StepList = Field(default_factory=list,  # type: ignore[valid-type]
                             description="default steps for syncs and `process`")
     syncs: list[Sync] = Field(default_factory=list)
+    connectors_dir: str | None = Field(
+        None, description="a folder (relative to this file) of connector files, one connector per *.yaml; "
+        "connectors created over HTTP are written there")
     executor: Executor = Field(default_factory=lambda: ThreadsExecutor(type="threads"),
                                description="where the steps run: threads (default), processes, or a Dask cluster")
 
     _path: Path = PrivateAttr(default=Path("pipeline.yaml"))
+    #: connector name -> the file of connectors_dir that declares it (the others are in the pipeline file)
+    _connector_files: dict[str, Path] = PrivateAttr(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -493,6 +498,18 @@ class Pipeline(Strict):
             p = Path(self.state).expanduser()
             return p if p.is_absolute() else (self.base_dir / p).resolve()
         return self.base_dir / ".flexingest" / f"{self._path.stem}.db"
+
+    @property
+    def connectors_path(self) -> Path | None:
+        """The folder of ``connectors_dir``, or None when connectors are declared in the file only."""
+        if self.connectors_dir is None:
+            return None
+        p = Path(self.connectors_dir).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    def connector_file(self, name: str) -> Path | None:
+        """The file of ``connectors_dir`` that declares connector ``name`` (None: the pipeline file)."""
+        return self._connector_files.get(name)
 
     def connector(self, ref: str | int) -> ConnectorBase:
         """A connector by name, or by integer id (``42`` or ``"42"``)."""

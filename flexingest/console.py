@@ -127,6 +127,8 @@ def setup_logging(verbosity: int = 0, fmt: str = "text", stream: TextIO | None =
     # gcsfs logs every exhausted retry as a full traceback; flexingest reports the error itself
     logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     logging.getLogger("apscheduler").setLevel(logging.WARNING if verbosity < 2 else logging.INFO)
+    # uvicorn (run --http): its start and stop lines and the access log (paths, never headers) with -v
+    logging.getLogger("uvicorn").setLevel(logging.WARNING if verbosity < 1 else logging.INFO)
     logging.captureWarnings(True)
 
 

@@ -108,4 +108,20 @@ MIGRATIONS: list[tuple[str, str]] = [
             PRIMARY KEY (sync, key)
         ) WITHOUT ROWID
     """),
+    # jobs of the HTTP API (POST /v1/data-process/async): kept until done, resumed after a restart
+    ("0007_jobs", """
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            connector TEXT NOT NULL,
+            sync TEXT,
+            keys TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
+            results TEXT,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT
+        );
+        CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE status IN ('queued', 'running');
+    """),
 ]

@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
+from . import metrics
 from .destinations import open_destination
 from .exceptions import DestinationUnavailable, FlexingestError, ObjectGone, ObjectSkipped, PluginError, StepError
 from .objects import ObjectInfo, Source, processing
@@ -254,6 +255,7 @@ class Committer:
             with held:  # a commit that fails makes the steps take back what they appended
                 result = self.state.record(self.sync, batch, self.max_attempts, outputs=lengths,
                                            after=self.after)
+        metrics.observe_outcomes(self.sync, batch)
         for o in batch:
             self.counts[o.status] = self.counts.get(o.status, 0) + 1
         self.counts["dead"] += result["dead"]
@@ -458,6 +460,7 @@ class Processing:
         if outcome.halt:
             self._halt.set()
         if self.breaker.tripped and not was_tripped:
+            metrics.observe_breaker(self.committer.sync)
             log.error("%s: %s; the rest is left for the next pass", self.committer.sync, self.breaker.reason)
         self.done += 1
         self.done_bytes += info.size or 0

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Collection, Iterator
 
 from .console import printable
 from .lock import StateLock
@@ -24,11 +24,14 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z") if moment else None
 
 
-def status_report(pipeline: Pipeline, *, problems: int | None = 20, state: State | None = None) -> dict[str, Any]:
+def status_report(pipeline: Pipeline, *, problems: int | None = 20, state: State | None = None,
+                  running: Collection[str] | None = None) -> dict[str, Any]:
     """Per sync: object counts, the last run, the next due time, the recent failures.
 
     ``problems``: how many failed and dead objects to list per sync (None: all). Opens the
     state file read-only unless ``state`` is given (the service's own connection).
+    ``running``: the syncs whose pass is in flight, from the service that holds the lock (an
+    unfinished run of any other sync was killed); by default the lock says whether one may run.
     """
     from .runner import next_due
 
@@ -50,10 +53,11 @@ def status_report(pipeline: Pipeline, *, problems: int | None = 20, state: State
         finally:
             if own:
                 state.close()
-        running = StateLock(pipeline.state_path).is_held()
-        for entry in rows.values():
+        held = running is None and StateLock(pipeline.state_path).is_held()
+        for name, entry in rows.items():
             last = entry.get("last_run")
-            if last and last["ended_at"] is None and last["result"] is None and not running:
+            alive = held or (running is not None and name in running)
+            if last and last["ended_at"] is None and last["result"] is None and not alive:
                 last["result"] = "killed"  # unfinished, and no process holds the lock: it died
                 last["error"] = KILLED
     out: dict[str, Any] = {}

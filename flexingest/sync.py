@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import metrics
 from .connectors import Storage, open_connector
 from .exceptions import FlexingestError, ObjectGone, StateError
 from .objects import ObjectInfo
@@ -117,6 +118,7 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
             storage = open_connector(pipeline.connector(sync.connector), pipeline.base_dir)
         if not dry_run:
             steps, spec = _steps_for(pipeline, sync, storage.name, executor, state)
+        listing_started = time.monotonic()
         listing_complete = _list(storage, sync, state, stop)
         if not dry_run:  # the first write: after the state's integrity check, run beside the listing
             run_id = state.start_run(sync.name, "pass", started_at, executor=_describe(executor))
@@ -126,6 +128,7 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
         counts["unchanged"] = plan.counts.get("done", 0) + plan.counts.get("ignored", 0)
         counts["filtered"] = plan.counts.get("filtered", 0)
         counts["skipped_dead"] = plan.counts.get("dead", 0)
+        metrics.observe_listing(sync.name, time.monotonic() - listing_started, plan.listed, plan.to_process)
         if not listing_complete and stop is not None and stop.is_set():
             result.interrupted = True
         if dry_run:
@@ -145,7 +148,7 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
             committer = Committer(state, sync.name, steps, sync.max_attempts, counts, None, after=_after(sync))
             processing = _processing(storage, steps, spec, committer, executor, record_as=sync.name,
                                      concurrency=sync.concurrency, total=plan.to_process, stop=stop,
-                                     on_progress=on_progress, redact=redact)
+                                     on_progress=metrics.progress(sync.name, on_progress), redact=redact)
             complete = processing.run(state.planned())
             if processing.breaker.tripped:
                 result.error = redact(processing.breaker.reason or "")
@@ -199,10 +202,12 @@ def _list(storage: Storage, sync: Sync, state: State, stop: StopToken | None) ->
 
 def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], *, sync: Sync | None,
                  state: State, stop: StopToken | None = None,
-                 on_progress: ProgressCallback | None = None, executor: Executor | None = None) -> PassResult:
+                 on_progress: ProgressCallback | None = None, executor: Executor | None = None,
+                 storage: Storage | None = None) -> PassResult:
     """``flexingest process``: exactly these keys, now, whatever the state says.
 
     With a sync, outcomes are recorded under it (a later pass will not redo them).
+    ``storage``: the opened connector (the service's); by default it is opened here.
     """
     started = time.monotonic()
     name = sync.name if sync is not None else "process"
@@ -212,7 +217,8 @@ def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], 
     steps: list[Step] = []
     try:
         connector = pipeline.connector(connector_ref)
-        storage = open_connector(connector, pipeline.base_dir)
+        if storage is None:
+            storage = open_connector(connector, pipeline.base_dir)
         steps, spec = _steps_for(pipeline, sync, connector.name, executor, state)
         concurrency = sync.concurrency if sync is not None else 8
         infos: list[ObjectInfo] = []

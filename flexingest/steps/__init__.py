@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, P
 
 from pydantic import BaseModel, ConfigDict
 
+from .. import metrics
 from ..exceptions import FlexingestError, ObjectSkipped, PluginError, StepError
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ class Step:
     #: where the step may run with a process or Dask executor: "worker" (per object, anywhere), or
     #: "coordinator" (it appends to one shared output); it and the steps after it run on the coordinator
     runs_on: ClassVar[str] = "worker"
+    #: the name it is registered under (set when built from a pipeline file), for metrics
+    step_name: str = ""
 
     def __init__(self, options: StepOptions, context: StepContext) -> None:
         self.options = options
@@ -168,7 +171,8 @@ def run_steps(steps: Sequence[Step], record: Record, source: Source | ObjectSour
 def _run(steps: Sequence[Step], start: int, record: Record, source: Any) -> list[Record]:
     for index in range(start, len(steps)):
         step = steps[index]
-        result = step.process(record, source)
+        with metrics.timed_step(step.step_name or type(step).__name__, record.get("sync")):
+            result = step.process(record, source)
         if isinstance(result, Fanout):
             out: list[Record] = []
             try:
@@ -199,7 +203,9 @@ class StepCall:
     options: StepOptions
 
     def build(self, context: StepContext) -> Step:
-        return step_class(self.name)(self.options, context)
+        step = step_class(self.name)(self.options, context)
+        step.step_name = self.name
+        return step
 
 
 _lock = threading.Lock()
