@@ -54,7 +54,10 @@ def main() -> int:
         from flexingest import connectors
 
         if client == "fsspec":
-            cls = {"s3": connectors.S3Storage, "azure_blob": connectors.AzureBlobStorage}[kind]
+            from flexingest.connectors.azure_blob import AzureBlobStorage
+            from flexingest.connectors.s3 import S3Storage
+
+            cls = {"s3": S3Storage, "azure_blob": AzureBlobStorage}[kind]
             storage = cls(connector, pipeline.base_dir)
         else:
             storage = connectors.open_connector(connector, pipeline.base_dir)

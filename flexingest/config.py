@@ -13,10 +13,9 @@ import zoneinfo
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal, Union
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Discriminator,
@@ -29,7 +28,10 @@ from pydantic import (
     model_validator,
 )
 
+from .connectors import CONNECTOR_TYPES as _CONNECTOR_TYPES
+from .connectors import connector_models, secret_fields
 from .events import EventsConfig
+from .models import ConnectorBase, Strict
 from .steps import BUILTIN_STEPS, StepCall, StepOptions, known_steps, step_class
 from .units import Duration, Size
 
@@ -87,118 +89,14 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
 # --------------------------------------------------------------------------- connectors
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+#: one entry of ``connectors:``: each connector type's model, from :mod:`flexingest.connectors`
+if TYPE_CHECKING:
+    Connector = ConnectorBase
+else:
+    Connector = Annotated[Union[tuple(connector_models())], Field(discriminator="type")]
+CONNECTOR_TYPES = _CONNECTOR_TYPES
+SECRET_FIELDS = secret_fields()
 
-
-def _both_or_neither(model: BaseModel, a: str, b: str) -> None:
-    if (getattr(model, a) is None) != (getattr(model, b) is None):
-        raise ValueError(f"'{a}' and '{b}' go together: give both or neither")
-
-
-class S3Config(Strict):
-    bucket: str = Field(min_length=1, description="bucket name")
-    region: str | None = Field(None, description="e.g. us-east-1; found from the bucket when omitted")
-    aws_access_key_id: SecretStr | None = None
-    aws_secret_access_key: SecretStr | None = None
-    aws_session_token: SecretStr | None = None
-    profile: str | None = Field(None, description="a profile of the shared AWS config files")
-    endpoint_url: str | None = Field(None, description="S3-compatible stores: MinIO, R2, Ceph, ...")
-    role_arn: str | None = Field(None, description="assume this role with the credentials above")
-    anonymous: bool = Field(False, description="unsigned requests, for public buckets")
-    timeout: Duration = Field(timedelta(seconds=60), description="how long one request may wait for an answer")
-
-    @model_validator(mode="after")
-    def _credentials(self) -> S3Config:
-        _both_or_neither(self, "aws_access_key_id", "aws_secret_access_key")
-        if self.aws_session_token is not None and self.aws_access_key_id is None:
-            raise ValueError("'aws_session_token' needs 'aws_access_key_id' and 'aws_secret_access_key'")
-        if self.profile is not None and self.aws_access_key_id is not None:
-            raise ValueError("give either 'profile' or access keys, not both")
-        if self.anonymous and (self.aws_access_key_id or self.profile or self.role_arn):
-            raise ValueError("'anonymous: true' cannot be combined with credentials")
-        return self
-
-
-class GCSConfig(Strict):
-    bucket: str = Field(min_length=1)
-    project: str | None = None
-    service_account_json: SecretStr | None = Field(
-        None, description="path to a service-account key file, or the key's JSON itself")
-    endpoint_url: str | None = Field(None, description="for emulators such as fake-gcs-server")
-    anonymous: bool = Field(False, description="no credentials: public buckets and emulators")
-    timeout: Duration = Field(timedelta(seconds=60), description="how long one request may wait for an answer")
-
-    @model_validator(mode="after")
-    def _credentials(self) -> GCSConfig:
-        if self.anonymous and self.service_account_json is not None:
-            raise ValueError("'anonymous: true' cannot be combined with 'service_account_json'")
-        return self
-
-
-class AzureBlobConfig(Strict):
-    container: str = Field(min_length=1)
-    account_name: str | None = None
-    account_key: SecretStr | None = None
-    sas_token: SecretStr | None = None
-    connection_string: SecretStr | None = None
-    account_url: str | None = Field(None, description="e.g. Azurite or a sovereign cloud endpoint")
-    anonymous: bool = Field(False, description="no credentials: public containers")
-    timeout: Duration = Field(timedelta(seconds=60), description="how long one request may wait for an answer")
-
-    @model_validator(mode="after")
-    def _credentials(self) -> AzureBlobConfig:
-        given = [n for n in ("account_key", "sas_token", "connection_string") if getattr(self, n) is not None]
-        if len(given) > 1:
-            raise ValueError(f"give one of account_key, sas_token, connection_string (got {', '.join(given)})")
-        if self.connection_string is None and self.account_name is None and self.account_url is None:
-            raise ValueError("say which storage account: 'account_name', 'account_url' or 'connection_string'")
-        if self.account_key is not None and self.account_name is None:
-            raise ValueError("'account_key' needs 'account_name'")
-        if self.anonymous and given:
-            raise ValueError("'anonymous: true' cannot be combined with credentials")
-        return self
-
-
-class LocalConfig(Strict):
-    path: str = Field(min_length=1, description="a folder; relative paths resolve against the pipeline file")
-
-
-class ConnectorBase(Strict):
-    name: str = Field(min_length=1, pattern=r"^[^\s]+$", description="unique; syncs refer to it")
-    id: int | None = Field(None, description="optional unique integer, as in FlexOrch")
-
-
-class S3Connector(ConnectorBase):
-    type: Literal["s3"]
-    config: S3Config
-
-
-class GCSConnector(ConnectorBase):
-    type: Literal["gcs"]
-    config: GCSConfig
-
-
-class AzureBlobConnector(ConnectorBase):
-    type: Literal["azure_blob"]
-    config: AzureBlobConfig
-
-
-class LocalConnector(ConnectorBase):
-    type: Literal["local"]
-    config: LocalConfig
-
-
-Connector = Annotated[
-    Union[S3Connector, GCSConnector, AzureBlobConnector, LocalConnector],
-    Field(discriminator="type"),
-]
-CONNECTOR_TYPES = ("azure_blob", "gcs", "local", "s3")
-#: URL schemes that name a place in a connector type's storage (a ``copy`` destination's ``url``)
-URL_SCHEMES = {"azure_blob": ("abfs", "abfss", "az"), "gcs": ("gs", "gcs"), "local": ("file", "local"),
-               "s3": ("s3", "s3a")}
-SECRET_FIELDS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token",
-                           "service_account_json", "account_key", "sas_token", "connection_string"})
 
 # --------------------------------------------------------------------------- steps
 

@@ -143,10 +143,10 @@ def issue_from_pydantic(error: Mapping[str, Any], data: Any, walker: _Walker,
     elif etype == "union_tag_invalid":
         display = (*loc, "type")
         mark = walker.value_marks.get(display, mark)
-        message = f"unknown connector type {ctx.get('tag')!r} (known: azure_blob, gcs, local, s3)"
+        message = f"unknown connector type {ctx.get('tag')!r} (known: {', '.join(_connector_types())})"
     elif etype == "union_tag_not_found":
         display = (*loc, "type")
-        message = "required field missing (one of azure_blob, gcs, local, s3)"
+        message = f"required field missing (one of {', '.join(_connector_types())})"
     elif etype in ("literal_error", "enum"):
         message = f"{message[0].lower()}{message[1:]}, got {error.get('input')!r}"
     elif etype == "value_error":
@@ -156,6 +156,12 @@ def issue_from_pydantic(error: Mapping[str, Any], data: Any, walker: _Walker,
     if loc and str(loc[-1]) in _secret_fields():
         message = message.split(", got ")[0]  # never echo a secret value
     return ConfigIssue(walker.file, mark[0], mark[1], field_path(display), message)
+
+
+def _connector_types() -> tuple[str, ...]:
+    from .connectors import CONNECTOR_TYPES
+
+    return CONNECTOR_TYPES
 
 
 def _secret_fields() -> frozenset[str]:
@@ -313,10 +319,10 @@ def destination_url_problem(url: str, connector: str, kind: Any) -> str | None:
 
     A path inside the connector's bucket, or a URL of the connector's own kind (another
     bucket of the same store); never a URL of another store."""
-    from .config import URL_SCHEMES
+    from .connectors import CONNECTOR_TYPES, url_schemes
 
     scheme = url.split("://", 1)[0] if "://" in url else None
-    schemes = URL_SCHEMES.get(kind, ()) if isinstance(kind, str) else ()
+    schemes = url_schemes(kind) if kind in CONNECTOR_TYPES else ()
     if scheme is None or not schemes or scheme in schemes:
         return None
     return (f"{scheme}:// is not a place in connector {connector!r} ({kind}): give a path inside its "

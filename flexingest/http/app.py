@@ -46,8 +46,9 @@ from .models import (
 from .server import BodyLimit
 
 if TYPE_CHECKING:
-    from ..config import ConnectorBase, Pipeline
+    from ..config import Pipeline
     from ..jobs import JobWorker
+    from ..models import ConnectorBase
     from ..runner import Service
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,8 @@ from ..exceptions import ApiError, ConfigError, ConfigIssue
 from ..redact import MASK
 
 if TYPE_CHECKING:
-    from ..config import ConnectorBase, Pipeline
+    from ..config import Pipeline
+    from ..models import ConnectorBase
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_DEPTH = 20  # nesting of a posted config: a connector's is 1 or 2
@@ -40,7 +41,7 @@ class InvalidConnector(Exception):
 
 def shown(connector: ConnectorBase) -> dict[str, Any]:
     """A connector as the API answers it: secrets as ``**********``, durations as ``30s``."""
-    config: Any = connector.config  # type: ignore[attr-defined]  # every connector type has one
+    config: Any = connector.config  # every connector type has one
     return {"id": connector.id, "type": getattr(connector, "type", None), "name": connector.name,
             "config": _plain(config.model_dump(exclude_unset=True))}
 

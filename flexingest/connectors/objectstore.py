@@ -2,9 +2,9 @@
 
 A pass's listing, HEADs and GETs of ``s3`` and ``azure_blob`` connectors go through obstore:
 about a tenth of the CPU per request of s3fs / adlfs (see ``docs/benchmarks.md``, BM-7).
-The classes subclass the fsspec storages of :mod:`flexingest.connectors`, so ``Storage.fs``
-(s3fs, adlfs) still serves destinations and whatever else needs a filesystem, imported only
-when asked for.
+:class:`_ObstoreSource` is mixed into the fsspec storages of :mod:`flexingest.connectors.s3`
+and :mod:`flexingest.connectors.azure_blob`, so ``Storage.fs`` (s3fs, adlfs) still serves
+destinations and whatever else needs a filesystem, imported only when asked for.
 
 What obstore cannot address is left to the fsspec storage: object_store refuses keys with an
 empty, ``.`` or ``..`` segment or an ASCII control character and drops a leading ``/``, so
@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import queue
 import re
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from .connectors import PAGE_SIZE, AzureBlobStorage, S3Storage, Storage
-from .connectors import translate as translate_fsspec
-from .exceptions import (
+from ..exceptions import (
     AccessDenied,
     BucketNotFound,
     EndpointUnreachable,
@@ -38,7 +35,9 @@ from .exceptions import (
     StorageError,
     TransientStorageError,
 )
-from .objects import READ_BLOCK, ObjectInfo
+from ..objects import READ_BLOCK, ObjectInfo
+from .base import PAGE_SIZE, Storage
+from .errors import translate as translate_fsspec
 
 PREFETCH = 8  # listing chunks fetched ahead of the pass
 _INSTALL = {"s3": "flexingest[s3]", "azure_blob": "flexingest[azure]"}
@@ -269,7 +268,7 @@ class _ObstoreSource(Storage):
     def store(self) -> Any:
         """The obstore store of this connector, built on first use."""
         if self._store is None:
-            _import_obstore(self.connector.type)  # type: ignore[attr-defined]
+            _import_obstore(self.connector.type)
             with self._store_lock:
                 if self._store is None:
                     with self.obstore_errors():
@@ -334,7 +333,7 @@ class _ObstoreSource(Storage):
                     yield rest
 
     def _pages(self, folder: str, offset: str | None, prefix: str, page_size: int) -> Iterator[list[ObjectInfo]]:
-        obstore = _import_obstore(self.connector.type)  # type: ignore[attr-defined]
+        obstore = _import_obstore(self.connector.type)
         from obstore.exceptions import InvalidPathError
 
         store = self.store
@@ -435,7 +434,7 @@ class _ObstoreSource(Storage):
     def info(self, key: str) -> ObjectInfo:
         if not addressable(key):
             return super().info(key)
-        obstore = _import_obstore(self.connector.type)  # type: ignore[attr-defined]
+        obstore = _import_obstore(self.connector.type)
         with self.obstore_errors(key):
             meta = obstore.head(self.store, key)
         return ObjectInfo(key, _version(meta["e_tag"]), meta["size"], _timestamp(meta["last_modified"]))
@@ -447,7 +446,7 @@ class _ObstoreSource(Storage):
         """One GET: the whole object and the ETag of what it returned."""
         if not addressable(key):
             return super().read_versioned(key)
-        obstore = _import_obstore(self.connector.type)  # type: ignore[attr-defined]
+        obstore = _import_obstore(self.connector.type)
         with self.obstore_errors(key):
             result = obstore.get(self.store, key)
             data = bytes(result.bytes())
@@ -457,7 +456,7 @@ class _ObstoreSource(Storage):
         """One streamed GET, read a chunk at a time (never whole), and the ETag it returned."""
         if not addressable(key):
             return super().stream_versioned(key)
-        obstore = _import_obstore(self.connector.type)  # type: ignore[attr-defined]
+        obstore = _import_obstore(self.connector.type)
         with self.obstore_errors(key):
             result = obstore.get(self.store, key)
             version = _version(result.meta["e_tag"]) or None
@@ -469,7 +468,7 @@ class _ObstoreSource(Storage):
         """A seekable reader (ranged GETs of ``READ_BLOCK``) and the version of its HEAD."""
         if not addressable(key):
             return super().open_versioned(key)
-        obstore = _import_obstore(self.connector.type)  # type: ignore[attr-defined]
+        obstore = _import_obstore(self.connector.type)
         with self.obstore_errors(key):
             meta = obstore.head(self.store, key)
             raw = obstore.open_reader(self.store, key, buffer_size=READ_BLOCK, size=meta["size"])
@@ -490,221 +489,3 @@ class _Unaddressable(Exception):
     """The listing met a key object_store refuses."""
 
 
-# --------------------------------------------------------------------------- S3
-
-
-class ObstoreS3Storage(_ObstoreSource, S3Storage):
-    """``s3`` connectors: obstore's S3 client for the pass, s3fs for ``fs``."""
-
-    def _make_store(self) -> Any:
-        from obstore.store import S3Store
-
-        c = self.config
-        kwargs: dict[str, Any] = {}
-        client = self.client_options()
-        provider = None
-        if c.endpoint_url:
-            kwargs["endpoint"] = c.endpoint_url.rstrip("/")
-            kwargs["virtual_hosted_style_request"] = False  # MinIO, Ceph, moto: path-style, like s3fs
-            client["allow_http"] = c.endpoint_url.startswith("http://")
-        if c.anonymous:
-            kwargs["skip_signature"] = True
-        elif c.aws_access_key_id is not None and not c.role_arn:
-            kwargs["access_key_id"] = c.aws_access_key_id.get_secret_value()
-            kwargs["secret_access_key"] = c.aws_secret_access_key.get_secret_value()
-            if c.aws_session_token is not None:
-                kwargs["session_token"] = c.aws_session_token.get_secret_value()
-        elif c.profile or c.role_arn or not (os.environ.get("AWS_ACCESS_KEY_ID")
-                                             and os.environ.get("AWS_SECRET_ACCESS_KEY")):
-            provider = BotocoreCredentials(c.profile, c.role_arn, self._static_credentials(), c.endpoint_url,
-                                           c.region, fast_fail=self.fast_fail)
-        region = c.region or (provider.region if provider is not None else None) or os.environ.get(
-            "AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        if region is None and not c.endpoint_url:
-            region = bucket_region(f"https://{c.bucket}.s3.amazonaws.com", timeout=5 if self.fast_fail else 10)
-        kwargs["region"] = region or "us-east-1"
-        options: Any = {"client_options": client, "retry_config": self.retry_config(),
-                         "credential_provider": provider, **kwargs}
-        return S3Store(c.bucket, **options)
-
-    def _static_credentials(self) -> dict[str, str] | None:
-        c = self.config
-        if c.aws_access_key_id is None:
-            return None
-        creds = {"aws_access_key_id": c.aws_access_key_id.get_secret_value(),
-                 "aws_secret_access_key": c.aws_secret_access_key.get_secret_value()}
-        if c.aws_session_token is not None:
-            creds["aws_session_token"] = c.aws_session_token.get_secret_value()
-        return creds
-
-
-def bucket_region(url: str, timeout: float = 10) -> str | None:
-    """The region S3 names for a bucket (``x-amz-bucket-region`` of a HEAD), or None."""
-    import http.client
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    conn_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = conn_class(parts.netloc, timeout=timeout)
-    try:
-        conn.request("HEAD", parts.path or "/")
-        response = conn.getresponse()
-        response.read()
-        return response.getheader("x-amz-bucket-region")
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()
-
-
-class BotocoreCredentials:
-    """An obstore credential provider over botocore: a ``profile`` of the shared AWS files, the
-    standard chain (environment, shared files, SSO, container and instance roles), and
-    ``role_arn`` assumed through STS with those credentials (or the ones given), refreshed
-    before they expire."""
-
-    REFRESH = timedelta(minutes=5)  # botocore refreshes its own credentials when they near expiry
-
-    def __init__(self, profile: str | None, role_arn: str | None, static: dict[str, str] | None,
-                 endpoint_url: str | None, region: str | None, *, fast_fail: bool = False) -> None:
-        try:
-            import botocore.session
-        except ImportError as exc:
-            raise FlexingestError(f"profiles, roles and the AWS credential chain need botocore: pip install "
-                                  f"'flexingest[s3]' ({exc})") from None
-        self.session = botocore.session.Session(profile=profile)
-        if static is not None:
-            self.session.set_credentials(static["aws_access_key_id"], static["aws_secret_access_key"],
-                                         static.get("aws_session_token"))
-        self.role_arn = role_arn
-        self.endpoint_url = endpoint_url
-        self.region = region or self.session.get_config_variable("region")
-        self.fast_fail = fast_fail
-        self._lock = threading.Lock()
-
-    def __call__(self) -> dict[str, Any]:
-        with self._lock:
-            if self.role_arn:
-                return self._assume_role()
-            credentials = self.session.get_credentials()
-            if credentials is None:
-                raise FlexingestError("no AWS credentials found (environment, shared files, container or "
-                                      "instance role); give keys, a profile, or 'anonymous: true'")
-            frozen = credentials.get_frozen_credentials()
-            refreshable = getattr(credentials, "refresh_needed", None) is not None
-            return {"access_key_id": frozen.access_key, "secret_access_key": frozen.secret_key,
-                    "token": frozen.token,
-                    "expires_at": datetime.now(timezone.utc) + self.REFRESH if refreshable else None}
-
-    def _assume_role(self) -> dict[str, Any]:
-        from botocore.config import Config
-
-        config = Config(connect_timeout=2 if self.fast_fail else 10, read_timeout=5 if self.fast_fail else 60,
-                        retries={"total_max_attempts": 1 if self.fast_fail else 3, "mode": "standard"})
-        kwargs: dict[str, Any] = {"config": config, "region_name": self.region or "us-east-1"}
-        if self.endpoint_url:
-            kwargs["endpoint_url"] = self.endpoint_url
-        sts = self.session.create_client("sts", **kwargs)
-        cred = sts.assume_role(RoleArn=self.role_arn, RoleSessionName="flexingest")["Credentials"]
-        return {"access_key_id": cred["AccessKeyId"], "secret_access_key": cred["SecretAccessKey"],
-                "token": cred["SessionToken"], "expires_at": cred["Expiration"].astimezone(timezone.utc)}
-
-
-# --------------------------------------------------------------------------- Azure
-
-
-def parse_connection_string(text: str) -> dict[str, str]:
-    """``Key=Value;...`` of an Azure Storage connection string (values may contain ``=``)."""
-    out: dict[str, str] = {}
-    for part in text.strip().split(";"):
-        if not part.strip():
-            continue
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise FlexingestError("connection_string: expected Key=Value parts separated by ';'")
-        out[name.strip().lower()] = value.strip()
-    return out
-
-
-AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==")
-
-
-def azure_settings(config: Any) -> dict[str, Any]:
-    """The obstore ``AzureStore`` settings of an ``azure_blob`` connector's config:
-    ``account_name``, ``endpoint``, and ``account_key``, ``sas_key``, ``skip_signature``
-    or nothing (the default credential chain)."""
-    out: dict[str, Any] = {}
-    if config.connection_string is not None:
-        parts = parse_connection_string(config.connection_string.get_secret_value())
-        if parts.get("usedevelopmentstorage", "").lower() == "true":
-            out.update(account_name=AZURITE_ACCOUNT, account_key=AZURITE_KEY,
-                       endpoint=f"http://127.0.0.1:10000/{AZURITE_ACCOUNT}")
-            return out
-        account = parts.get("accountname")
-        endpoint = parts.get("blobendpoint")
-        if endpoint is None:
-            if account is None:
-                raise FlexingestError("connection_string: gives neither AccountName nor BlobEndpoint")
-            protocol = parts.get("defaultendpointsprotocol", "https")
-            endpoint = f"{protocol}://{account}.blob.{parts.get('endpointsuffix', 'core.windows.net')}"
-        out["account_name"] = account or _account_of(endpoint)
-        out["endpoint"] = endpoint.rstrip("/")
-        if parts.get("accountkey"):
-            out["account_key"] = parts["accountkey"]
-        elif parts.get("sharedaccesssignature"):
-            out["sas_key"] = parts["sharedaccesssignature"].lstrip("?")
-        else:
-            out["skip_signature"] = True  # a connection string without a secret: public access
-        return out
-    url = (config.account_url or "").rstrip("/")
-    if url:
-        out["endpoint"] = url
-    out["account_name"] = config.account_name or _account_of(url)
-    if config.account_key is not None:
-        out["account_key"] = config.account_key.get_secret_value()
-    elif config.sas_token is not None:
-        out["sas_key"] = config.sas_token.get_secret_value().lstrip("?")
-    elif config.anonymous:
-        out["skip_signature"] = True
-    return out
-
-
-def _account_of(url: str) -> str:
-    """The account of a blob endpoint: its host's first label, or (Azurite, path style) its first path segment."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if host and not re.fullmatch(r"[\d.]+|localhost|\[.*\]", host) and "." in host:
-        return host.split(".", 1)[0]
-    segment = parts.path.strip("/").split("/", 1)[0]
-    return segment or host
-
-
-class ObstoreAzureBlobStorage(_ObstoreSource, AzureBlobStorage):
-    """``azure_blob`` connectors: obstore's Azure client for the pass, adlfs for ``fs``."""
-
-    def _make_store(self) -> Any:
-        from obstore.store import AzureStore
-
-        settings = azure_settings(self.config)
-        client = self.client_options()
-        if str(settings.get("endpoint", "")).startswith("http://"):
-            client["allow_http"] = True
-        provider = None
-        if not {"account_key", "sas_key", "skip_signature"} & set(settings):
-            provider = self._default_credential()
-        options: Any = {"client_options": client, "retry_config": self.retry_config(),
-                         "credential_provider": provider, **settings}
-        return AzureStore(self.config.container, **options)
-
-    def _default_credential(self) -> Any:
-        """The default Azure credential chain (environment, managed identity, ``az login``)."""
-        try:
-            from azure.identity import DefaultAzureCredential
-            from obstore.auth.azure import AzureCredentialProvider
-        except ImportError as exc:
-            raise FlexingestError(f"the default Azure credential chain needs azure-identity: pip install "
-                                  f"'flexingest[azure]' ({exc})") from None
-        return AzureCredentialProvider(DefaultAzureCredential())
