@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from .redact import Redactor
 
@@ -185,3 +185,15 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+def progress_bars(*, quiet: bool) -> Callable[[str], ProgressBar | None]:
+    """A maker of progress bars for passes: a bar on a terminal (unless ``quiet``), else None."""
+
+    def make(name: str) -> ProgressBar | None:
+        if quiet:
+            return None
+        bar = ProgressBar(name)
+        return bar if bar.enabled else None
+
+    return make

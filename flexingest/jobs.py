@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .exceptions import ApiError, FlexingestError, StateError
 from .records import now_iso
-from .state import State
+from .state import Outcome, State
 
 if TYPE_CHECKING:
     from .runner import Service
@@ -95,11 +95,11 @@ def _set(state: State, job: Job) -> None:
                     job.finished_at, job.id))
 
 
-class _Unrecorded(State):
-    """The state of a job without a sync: its outcomes stay in memory (nothing is recorded under
-    a sync, as with ``flexingest process``), but the committed lengths of the files its steps
-    append to (``write_jsonl``) are the service's state's, read from it and committed to it:
-    otherwise the next pass, opening such a file, would cut the job's lines as uncommitted."""
+class Unrecorded(State):
+    """Keys processed with no sync (``flexingest process``, a job of the HTTP API): their outcomes
+    stay in memory (nothing is recorded under a sync), but the committed lengths of the files
+    their steps append to (``write_jsonl``) are the pipeline's state's, read from it and
+    committed to it: otherwise the next pass, opening such a file, would cut those lines."""
 
     def __init__(self, service_state: State) -> None:
         super().__init__(":memory:")
@@ -113,6 +113,35 @@ class _Unrecorded(State):
         if outputs:
             self.service_state.record(sync, [], max_attempts, outputs=outputs)
         return super().record(sync, outcomes, max_attempts, after=after)
+
+
+def request_keys(body: Any) -> tuple[str, list[str]]:
+    """The connector and keys of a FlexOrch request body ``{"source": {"connector_id", "keys"}}``
+    (``flexingest process --request``); ValueError says what is wrong."""
+    source = body.get("source") if isinstance(body, dict) else None
+    if not isinstance(source, dict):
+        raise ValueError("the body and its 'source' must be JSON objects")
+    for name in ("connector_id", "keys"):
+        if name not in source:
+            raise ValueError(f"missing '{name}'")
+    connector, keys = source["connector_id"], source["keys"]
+    if isinstance(connector, bool) or not isinstance(connector, (int, str)):
+        raise ValueError("'connector_id' must be an integer id or a connector name")
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+        raise ValueError("'keys' must be a non-empty list of strings")
+    return str(connector), keys
+
+
+def key_results(keys: list[str], outcomes: list[Outcome]) -> list[dict[str, Any]]:
+    """One ``{key, status, error}`` per key asked for (``flexingest process``, a job's results)."""
+    by_key = {o.key: o for o in outcomes}
+    results = []
+    for key in dict.fromkeys(keys):
+        o = by_key.get(key)
+        status = "not processed" if o is None else o.status
+        results.append({"key": key, "status": status, "version": o.version if o is not None else None,
+                        "error": o.error if o is not None and status != "done" else None})
+    return results
 
 
 class JobWorker:
@@ -185,7 +214,7 @@ class JobWorker:
         except FlexingestError as exc:
             self._finish(state, job, "failed", [], str(exc))
             return
-        target = state if sync is not None else _Unrecorded(state)  # without a sync no outcome is recorded
+        target = state if sync is not None else Unrecorded(state)  # without a sync no outcome is recorded
         try:
             result = process_keys(pipeline, job.connector, job.keys, sync=sync, state=target, stop=service.stop,
                                   storage=storage, executor=service.executor)
@@ -195,13 +224,7 @@ class JobWorker:
         if result.interrupted and service.stop.is_set():
             log.info("job %s: stopped before its end; it is taken up again at the next start", job.id)
             return  # stays running: the next start resumes it
-        outcomes = {o.key: o for o in result.outcomes}
-        results = []
-        for key in job.keys:
-            o = outcomes.get(key)
-            status = "not processed" if o is None else "skipped" if o.status == "done" and o.error else o.status
-            results.append({"key": key, "status": status,
-                            "error": o.error if o is not None and status != "done" else None})
+        results = key_results(job.keys, result.outcomes)
         ok = result.error is None and all(r["status"] in ("done", "skipped") for r in results)
         self._finish(state, job, "done" if ok else "failed", results, result.error)
 

@@ -372,71 +372,57 @@ def _describe(sync: Sync) -> str:
     return f"cron '{sync.schedule.cron}' {sync.schedule.timezone}"  # type: ignore[union-attr]
 
 
-# --------------------------------------------------------------------------- run --once
+def run_service(pipeline: Pipeline, syncs: list[Sync], stop: StopToken, on_result: Callable[[PassResult], None], *,
+                progress: Callable[[str], ProgressCallback | None], executor: Executor | None, http: Any,
+                on_reload: Callable[[Pipeline], None]) -> bool:
+    """The service until a stop, with its HTTP interface if ``http`` (settings) is given; SIGHUP
+    loads the pipeline file again. False if it stopped because the state file failed."""
+    import signal
 
-
-def run_once(pipeline: Pipeline, syncs: list[Sync], state: State, *, stop: StopToken, executor: Executor | None,
-             on_result: Callable[[PassResult], None],
-             progress: Callable[[str], ProgressCallback | None] = lambda name: None) -> bool:
-    """One pass of each sync (``run --once``); False if an object or a pass failed.
-
-    A sync with events first drains its queue; its listing (the reconciliation) then runs
-    if it never ran or its schedule says it is due.
-    """
-    ok = True
-    for sync in syncs:
-        if stop.is_set():
-            break
-        if sync.events is not None:
-            result = drain_events(pipeline, sync, state, stop=stop, executor=executor)
-            if result is not None:
-                on_result(result)
-                ok = ok and result.ok
-            if not listing_due(state, sync):
-                continue
-        bar = progress(sync.name)
-        try:
-            result = run_pass(pipeline, sync, state, stop=stop, on_progress=bar, executor=executor)
-        finally:
-            close = getattr(bar, "close", None)
-            if close is not None:
-                close()
-        on_result(result)
-        ok = ok and result.ok
-    return ok
-
-
-def drain_events(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken,
-                 executor: Executor | None) -> PassResult | None:
-    """What the sync's queue holds now, processed and acknowledged; None if it held nothing."""
-    from .events import open_event_source
-    from .sync import process_events
-
+    service = Service(pipeline, syncs, stop, on_result, progress=progress, executor=executor, on_reload=on_reload)
+    previous = signal.signal(signal.SIGHUP, lambda signum, frame: service.request_reload())
+    interface = None
     try:
-        with open_event_source(pipeline, sync) as source:
-            messages = source.drain(max_wait=60.0)
-            if not messages:
-                log.info("%s: events: the queue is empty", sync.name)
-                state.note_events(sync.name, 0, 0, None, None)
-                return None
-            with source.keep_alive(messages):
-                return process_events(pipeline, sync, state, messages, stop=stop, executor=executor)
-    except StateError:
-        raise
-    except FlexingestError as exc:
-        result = PassResult(sync.name, kind="events")
-        result.error = str(exc)
-        return result
+        if http is not None:
+            from .http import start
+
+            interface = start(service, http)
+        return service.serve()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+        if interface is not None:
+            interface.stop(max(2.0, stop.remaining() or 0.0))
 
 
-def listing_due(state: State, sync: Sync) -> bool:
-    """A sync with events lists (reconciles) only when its schedule says so, or never did."""
-    last = state.status().get(sync.name, {}).get("last_run")
-    if last is None:
-        return True  # the backfill
-    due = next_due(sync, last["started_at"])
-    if due is not None and due > datetime.now(timezone.utc):
-        log.info("%s: the reconciliation listing is due at %s; events only this time", sync.name,
-                 due.isoformat(timespec="seconds"))
-        return False
-    return True
+def _exit_now(signum: int) -> None:
+    import os
+
+    from . import children
+
+    children.end(wait=0.5)  # no program started by a step outlives flexingest
+    logging.shutdown()
+    os._exit(128 + signum)
+
+
+def on_stop_signals(stop: StopToken, at_once: Callable[[int], None] = _exit_now) -> Callable[[], None]:
+    """SIGTERM/SIGINT request the stop; a second one calls ``at_once(signum)``: by default, end
+    the programs of steps and exit 128 + signum at once (the state stays consistent: each commit
+    is one transaction). Returns what puts the previous handlers back."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            log.warning("second %s: stopping now", name)
+            at_once(signum)
+            return
+        log.warning("%s: finishing objects in flight (up to %gs; send again to stop now)", name, stop.grace)
+        stop.request()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore

@@ -515,3 +515,4 @@ class State(Records):
                                 WHERE status IN ('failed', 'dead') AND (? IS NULL OR sync = ?)""",
                              (now_iso(), sync, sync))
             return cur.rowcount
+

@@ -66,6 +66,13 @@ class PassResult:
     def ok(self) -> bool:
         return self.error is None and self.counts.get("failed", 0) == 0 and self.counts.get("dead", 0) == 0
 
+    def log(self, logger: logging.Logger) -> None:
+        """The summary line: INFO when all went well, WARNING when objects failed, ERROR when the pass did."""
+        level = logging.INFO if self.ok else logging.ERROR if self.error else logging.WARNING
+        logger.log(level, self.summary(), extra={"pass": {"sync": self.sync, "seconds": round(self.seconds, 3),
+                                                          "error": self.error, "interrupted": self.interrupted,
+                                                          **self.counts}})
+
     def summary(self) -> str:
         c = self.counts
         skipped = f", skipped {c['skipped']}" if c.get("skipped") else ""
