@@ -224,7 +224,8 @@ class JobWorker:
         if result.interrupted and service.stop.is_set():
             log.info("job %s: stopped before its end; it is taken up again at the next start", job.id)
             return  # stays running: the next start resumes it
-        results = key_results(job.keys, result.outcomes)
+        results = [{k: v for k, v in r.items() if k != "version"}  # FlexOrch's shape: key, status, error
+                   for r in key_results(job.keys, result.outcomes)]
         ok = result.error is None and all(r["status"] in ("done", "skipped") for r in results)
         self._finish(state, job, "done" if ok else "failed", results, result.error)
 

@@ -62,7 +62,6 @@ class JobAccepted(Answer):
 class KeyResult(Answer):
     key: str
     status: str = Field(description="done | skipped | failed | gone | not processed")
-    version: str | None = Field(None, description="the version (ETag, generation) processed")
     error: str | None
 
 
