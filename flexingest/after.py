@@ -15,6 +15,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import FlexingestError, ObjectGone, StorageError
+from .objects import relative_key
 
 if TYPE_CHECKING:
     from .config import After
@@ -27,7 +28,7 @@ def destination_key(after: After, key: str, prefix: str) -> tuple[str | None, st
     """Where ``move_to`` puts ``key``: (another bucket or None, the key there). The sync's prefix
     is replaced by the destination's: ``incoming/a.pdf`` with ``move_to: done/`` is ``done/a.pdf``."""
     assert after.move_to is not None
-    rel = key[len(prefix):] if key.startswith(prefix) else key
+    rel = relative_key(key, prefix)
     target = after.move_to
     if "://" in target:
         bucket, _, path = target.split("://", 1)[1].partition("/")

@@ -32,6 +32,7 @@ from .connectors import CONNECTOR_TYPES as _CONNECTOR_TYPES
 from .connectors import connector_models, secret_fields
 from .events import EventsConfig
 from .models import ConnectorBase, Strict
+from .objects import relative_key
 from .steps import BUILTIN_STEPS, StepCall, StepOptions, known_steps, step_class
 from .units import Duration, Size
 
@@ -65,13 +66,20 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
             out.append("[^/]")
             i += 1
         elif c == "[":
-            end = body.find("]", i + 2 if body[i + 1: i + 2] in ("!", "]") else i + 1)
+            start = i + 1 + (body[i + 1: i + 2] == "!")
+            end = body.find("]", start + (body[start: start + 1] == "]"))  # a ']' first is literal
             if end == -1:
                 raise ValueError(f"unclosed '[' in glob {pattern!r}")
             cls = body[i + 1: end]
-            if cls.startswith("!"):
-                cls = "^" + cls[1:]
-            out.append("[" + cls.replace("\\", "\\\\") + "]")
+            negate = cls.startswith("!")
+            if negate:
+                cls = cls[1:]
+            for a, b in re.findall(r"(.)-(.)", cls):
+                if a > b:
+                    raise ValueError(f"invalid glob {pattern!r}: bad character range {a}-{b}")
+            # every character of the class is literal but a '-' between two (a range)
+            literal = "".join("\\" + ch if ch in "\\[]^&~|" else ch for ch in cls)
+            out.append("[" + ("^" if negate else "") + literal + "]")
             i = end + 1
         else:
             out.append(re.escape(c))
@@ -276,9 +284,10 @@ class Sync(Strict):
         base = dest if dest.endswith("/") or not dest else f"{dest}/"
         for name in names:
             if self.skip_reason(base + name, 1, None) is None:
+                below = relative_key(base, self.prefix)  # globs are relative to the prefix
                 return (f"moves objects to {dest!r}, inside what this sync lists (prefix {self.prefix!r}), where its "
                         f"filters keep them: they would be processed again, for ever; move them outside the prefix, "
-                        f"or exclude the destination (exclude: ['{base}**'])")
+                        f"or exclude the destination (exclude: ['{below}**'])")
         return None
 
     @cached_property
@@ -291,7 +300,7 @@ class Sync(Strict):
 
     def skip_reason(self, key: str, size: int, age_seconds: float | None) -> str | None:
         """Why this listed object is filtered out of the sync, or None to keep it."""
-        rel = key[len(self.prefix):] if key.startswith(self.prefix) else key
+        rel = relative_key(key, self.prefix)
         if self.include and not any(r.match(rel) for r in self._include_re):
             return "not included"
         for pattern, regex in zip(self.exclude, self._exclude_re):
@@ -302,7 +311,7 @@ class Sync(Strict):
         if self.max_size is not None and size > self.max_size:
             return f"larger than max_size ({size} > {int(self.max_size)} bytes)"
         if self.min_age is not None and age_seconds is not None and age_seconds < self.min_age.total_seconds():
-            return f"younger than min_age ({age_seconds:.0f}s)"
+            return f"younger than min_age ({age_seconds:.1f}s < {self.min_age.total_seconds():g}s)"
         return None
 
 

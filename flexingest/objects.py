@@ -49,6 +49,18 @@ def current_object() -> tuple[str, str, int] | None:
     return _current.get()
 
 
+def relative_key(key: str, prefix: str) -> str:
+    """``key`` below a sync's ``prefix``, as its include/exclude globs and ``move_to`` see it.
+
+    A prefix is a folder whether or not it ends in ``/``: under ``prefix: in`` the key
+    ``in/drafts/a.txt`` is ``drafts/a.txt``, as under ``prefix: in/``.
+    """
+    if not key.startswith(prefix):
+        return key
+    rel = key[len(prefix):]
+    return rel.lstrip("/") if prefix and not prefix.endswith("/") else rel
+
+
 def check_key(key: str) -> list[str]:
     """The path segments of ``key`` when it names a file on this machine, or UnsafeKey.
 

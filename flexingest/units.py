@@ -24,6 +24,8 @@ def parse_duration(value: Any) -> Any:
 
 def _parse_duration(value: Any) -> Any:
     if isinstance(value, (int, float)):
+        if value != value:  # NaN
+            raise ValueError(f"expected a duration like 30s, 5m, 1h30m or a number of seconds, got {value!r}")
         if value < 0:
             raise ValueError("a duration cannot be negative")
         return timedelta(seconds=value)
@@ -46,5 +48,13 @@ _DURATION_SCHEMA = {
     "description": "a duration: 30s, 5m, 1h30m, 2d, or a number of seconds",
 }
 Duration = Annotated[timedelta, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA)]
-Size = Annotated[ByteSize, WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
+def _check_size(value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise ValueError("a size cannot be negative")
+    if isinstance(value, str) and value.strip().startswith("-"):
+        raise ValueError(f"a size cannot be negative, got {value!r}")
+    return value
+
+
+Size = Annotated[ByteSize, BeforeValidator(_check_size), WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
                                            "description": "bytes: 1024, 10KB, 5MiB, 1GB"})]

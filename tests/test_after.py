@@ -137,6 +137,15 @@ def test_validate_refuses_a_move_that_would_loop(write_pipeline: Callable[..., P
     line = next(i for i, t in enumerate(loops.read_text().splitlines(), 1) if "move_to" in t)
     assert f"loops.yaml:{line}:" in result.stderr and "syncs[0].after.move_to: moves objects to 'processed/'" in \
         result.stderr and "exclude: ['processed/**']" in result.stderr
+    inside = write_pipeline(connector, steps=["extract_text"], name="inside.yaml",
+                            syncs=[{"name": "docs", "connector": "docs", "prefix": "incoming",
+                                    "after": {"move_to": "incoming/done/"}}])
+    result = run_flexingest("validate", inside)
+    assert result.code == 2 and "exclude: ['done/**']" in result.stderr, "the advice is relative to the prefix"
+    followed = write_pipeline(connector, steps=["extract_text"], name="followed.yaml",
+                              syncs=[{"name": "docs", "connector": "docs", "prefix": "incoming",
+                                      "after": {"move_to": "incoming/done/"}, "exclude": ["done/**"]}])
+    assert run_flexingest("validate", followed).code == 0, "following the advice is accepted"
     fine = write_pipeline(connector, steps=["extract_text"], name="fine.yaml",
                           syncs=[{"name": "docs", "connector": "docs", "prefix": "in/",
                                   "after": {"move_to": "processed/"}},

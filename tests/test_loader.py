@@ -331,4 +331,4 @@ def test_glob_semantics(tmp_path: Path) -> None:
     assert sync.skip_reason("contracts/drafts/a.pdf", 10, 3600) == "excluded by '**/drafts/**'"
     assert sync.skip_reason("contracts/x/drafts/a.pdf", 10, 3600) == "excluded by '**/drafts/**'"
     assert sync.skip_reason("contracts/a.pdf", 0, 3600) == "smaller than min_size (0 < 1 bytes)"
-    assert sync.skip_reason("contracts/a.pdf", 10, 5) == "younger than min_age (5s)"
+    assert sync.skip_reason("contracts/a.pdf", 10, 5) == "younger than min_age (5.0s < 30s)"

@@ -107,7 +107,8 @@ def test_an_empty_object_is_kept_unless_min_size_says_otherwise(tmp_path: Path) 
 
 def test_min_age_keeps_objects_old_enough_and_those_without_a_time(tmp_path: Path) -> None:
     sync = load_sync(tmp_path, "min_age: 1m30s")
-    assert sync.skip_reason("a", 1, 10.0) == "younger than min_age (10s)"
+    assert sync.skip_reason("a", 1, 10.0) == "younger than min_age (10.0s < 90s)"
+    assert sync.skip_reason("a", 1, 89.6) == "younger than min_age (89.6s < 90s)", "never rounded up to min_age"
     assert sync.skip_reason("a", 1, 90.0) is None
     assert sync.skip_reason("a", 1, 86400.0) is None
     assert sync.skip_reason("a", 1, None) is None, "a store that gives no time cannot be too young"
@@ -117,7 +118,7 @@ def test_globs_then_sizes_then_age(tmp_path: Path) -> None:
     sync = load_sync(tmp_path, 'include: ["*.pdf"]\nmin_size: 10\nmin_age: 60')
     assert sync.skip_reason("a.txt", 1, 1.0) == "not included"
     assert sync.skip_reason("a.pdf", 1, 1.0) == "smaller than min_size (1 < 10 bytes)"
-    assert sync.skip_reason("a.pdf", 10, 1.0) == "younger than min_age (1s)"
+    assert sync.skip_reason("a.pdf", 10, 1.0) == "younger than min_age (1.0s < 60s)"
 
 
 @pytest.mark.parametrize(("body", "where"), [
@@ -133,3 +134,44 @@ def test_bad_filters_are_errors_of_the_file_at_their_place(tmp_path: Path, body:
     with pytest.raises(ConfigError) as info:
         load_sync(tmp_path, body)
     assert str(info.value).startswith(f"{tmp_path / 'pipeline.yaml'}{where}"), str(info.value)
+
+
+@pytest.mark.parametrize("prefix", ["in", "in/"])
+def test_globs_are_relative_to_the_prefix_with_or_without_its_slash(tmp_path: Path, prefix: str) -> None:
+    sync = load_sync(tmp_path, f'prefix: {prefix}\nexclude: ["drafts/**"]')
+    assert kept(sync, "in/drafts/secret.txt", "in/2024/a.pdf", "in/a.txt") == ["in/2024/a.pdf", "in/a.txt"]
+    sync = load_sync(tmp_path, f'prefix: {prefix}\ninclude: ["2024/*.pdf"]')
+    assert kept(sync, "in/2024/a.pdf", "in/2024/b.txt", "in/2025/a.pdf") == ["in/2024/a.pdf"]
+
+
+def test_a_character_class_takes_its_characters_literally_without_warnings(tmp_path: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Python's re warns of nested sets for '[[' and '&&'
+        sync = load_sync(tmp_path, 'include: ["[[]draft]*", "[a&&b].txt", "[!]]x", "[~|^]y"]')
+        assert kept(sync, "[draft]1", "draft1", "a.txt", "&.txt", "c.txt", "zx", "]x", "~y", "|y", "^y", "zy") == [
+            "[draft]1", "a.txt", "&.txt", "zx", "~y", "|y", "^y"]
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    ("min_age: .nan", "syncs[0].min_age: expected a duration like 30s"),
+    ("min_size: -1", "syncs[0].min_size: a size cannot be negative"),
+    ("max_size: '-5MB'", "syncs[0].max_size: a size cannot be negative"),
+])
+def test_impossible_sizes_and_ages_say_so(tmp_path: Path, body: str, why: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_sync(tmp_path, body)
+    assert why in str(exc.value), str(exc.value)
+
+
+@pytest.mark.parametrize("prefix", ["in", "in/"])
+def test_move_to_keeps_the_key_below_the_prefix_with_or_without_its_slash(tmp_path: Path, prefix: str) -> None:
+    from flexingest.after import destination_key
+
+    sync = load_sync(tmp_path, f"prefix: {prefix}\nafter: {{move_to: done/}}")
+    assert sync.after is not None
+    assert destination_key(sync.after, "in/sub/a.pdf", sync.prefix) == (None, "done/sub/a.pdf")
+    sync = load_sync(tmp_path, f"prefix: {prefix}\nafter: {{move_to: 'file://archive/2024'}}")
+    assert sync.after is not None
+    assert destination_key(sync.after, "in/a.pdf", sync.prefix) == ("archive", "2024/a.pdf")
