@@ -56,5 +56,6 @@ def _check_size(value: Any) -> Any:
     return value
 
 
-Size = Annotated[ByteSize, BeforeValidator(_check_size), WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
-                                           "description": "bytes: 1024, 10KB, 5MiB, 1GB"})]
+_SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
+                "description": "bytes: 1024, 10KB, 5MiB, 1GB"}
+Size = Annotated[ByteSize, BeforeValidator(_check_size), WithJsonSchema(_SIZE_SCHEMA)]
