@@ -52,8 +52,8 @@ def current_object() -> tuple[str, str, int] | None:
 def relative_key(key: str, prefix: str) -> str:
     """``key`` below a sync's ``prefix``, as its include/exclude globs and ``move_to`` see it.
 
-    A prefix is a folder whether or not it ends in ``/``: under ``prefix: in`` the key
-    ``in/drafts/a.txt`` is ``drafts/a.txt``, as under ``prefix: in/``.
+    Without a leading ``/``: under ``prefix: in`` the key ``in/drafts/a.txt`` is
+    ``drafts/a.txt``, as under ``prefix: in/``.
     """
     if not key.startswith(prefix):
         return key
