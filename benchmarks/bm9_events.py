@@ -174,14 +174,14 @@ def one_run(label: str, server: Any, work: Path, rate: float, duration: float, s
         uploader = subprocess.Popen([PYTHON, __file__, "--upload-child", server.url, store.bucket, str(rate),
                                      str(duration), str(size), str(uploads)], env=clean_env())
         expected = int(rate * duration)
-        deadline = time.monotonic() + duration + 180
+        deadline = time.monotonic() + max(600.0, 10 * duration)
         while True:
             have = done_rows(state)
             if uploader.poll() is not None and uploads.exists() and sum(k.startswith("ev/") for k in have) >= expected:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{label}: only {len(have)} of {expected} objects done after "
-                                   f"{duration + 180:.0f}s:\n{err_path.read_text()[-2000:]}")
+                                   f"{max(600.0, 10 * duration):.0f}s:\n{err_path.read_text()[-2000:]}")
             time.sleep(0.2)
         finished = time.time()
         window = finished - started
@@ -210,6 +210,62 @@ def one_run(label: str, server: Any, work: Path, rate: float, duration: float, s
             "cpu": cpu, "idle_rate": idle_rate, "idle_moto": idle_moto, "window": window, "moto": moto,
             "busy": busy, "listings": listings, "event_batches": events_lines,
             "cpu_per_object": (cpu - idle_rate * window) / len(times), "moto_per_object": moto / len(times)}
+
+
+def per_batch_fit(runs: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """(CPU s per event batch, CPU s per object) that best explain the runs (least squares)."""
+    rows = [(x["event_batches"], x["objects"], x["cpu"] - x["idle_rate"] * x["window"]) for x in runs]
+    saa = sum(a * a for a, _, _ in rows)
+    sab = sum(a * b for a, b, _ in rows)
+    sbb = sum(b * b for _, b, _ in rows)
+    say = sum(a * y for a, _, y in rows)
+    sby = sum(b * y for _, b, y in rows)
+    det = saa * sbb - sab * sab
+    if len(rows) < 2 or abs(det) < 1e-9:
+        return None
+    return (say * sbb - sby * sab) / det, (saa * sby - sab * say) / det
+
+
+def moto_costs(server: Any, work: Path) -> list[tuple[str, float, float]]:
+    """(operation, moto CPU ms, wall ms) of the requests one event costs, on this moto: what bounds
+    the rates here. SQS's receive is measured at two queue depths (moto scans the whole queue)."""
+    import boto3
+
+    kw = {"endpoint_url": server.url, "region_name": "us-east-1", "aws_access_key_id": "testing",
+          "aws_secret_access_key": "testing"}
+    s3, sqs = boto3.client("s3", **kw), boto3.client("sqs", **kw)
+    plain, notified = new_store("s3", server, work).bucket, new_store("s3", server, work).bucket
+    queue = sqs.create_queue(QueueName=f"bm9-costs-{notified}"[:80])["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3.put_bucket_notification_configuration(Bucket=notified, NotificationConfiguration={
+        "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]})
+    body = os.urandom(1024)
+    out = []
+
+    def cost(label: str, n: int, fn: Any) -> None:
+        cpu0, t0 = cpu_seconds(server.process.pid), time.perf_counter()
+        for i in range(n):
+            fn(i)
+        out.append((label, 1000 * (cpu_seconds(server.process.pid) - cpu0) / n, 1000 * (time.perf_counter() - t0) / n))
+
+    cost("PUT 1 KiB, bucket without notifications", 200, lambda i: s3.put_object(Bucket=plain, Key=f"k{i}", Body=body))
+    cost("PUT 1 KiB, bucket notifying the queue", 200,
+         lambda i: s3.put_object(Bucket=notified, Key=f"k{i}", Body=body))
+    cost("HEAD", 200, lambda i: s3.head_object(Bucket=plain, Key=f"k{i}"))
+    cost("GET 1 KiB", 200, lambda i: s3.get_object(Bucket=plain, Key=f"k{i}")["Body"].read())
+    handles: list[str] = []
+
+    def receive(i: int) -> None:
+        got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", [])
+        handles.extend(m["ReceiptHandle"] for m in got)
+
+    cost("SQS receive of 10, ~200 messages queued", 5, receive)
+    for i in range(200, 1000):
+        s3.put_object(Bucket=notified, Key=f"k{i}", Body=body)
+    cost("SQS receive of 10, ~1,000 messages queued", 5, receive)
+    cost("SQS delete_message_batch of 10", 5, lambda i: sqs.delete_message_batch(QueueUrl=queue, Entries=[
+        {"Id": str(j), "ReceiptHandle": handles.pop()} for j in range(10)]))
+    return out
 
 
 def listing_cost(server: Any, work: Path, keys: int, repeat: int, report_runs: list[Any]) -> dict[str, float]:
@@ -248,7 +304,7 @@ def main() -> int:
         return 0
     parser = base_parser(__doc__)
     parser.add_argument("--rates", type=int_list, default=[10, 100], help="uploads per second (default 10,100)")
-    parser.add_argument("--duration", type=float, default=40, help="seconds of uploads per run (default 40)")
+    parser.add_argument("--duration", type=float, default=30, help="seconds of uploads per run (default 30)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per rate (default 3)")
     parser.add_argument("--size", type=int, default=1024, help="bytes per object (default 1024)")
     parser.add_argument("--concurrency", type=int, default=8, help="the sync's concurrency (default 8)")
@@ -298,6 +354,14 @@ def main() -> int:
                     f"at most {x['behind']:.2f}s behind schedule, window {x['window']:.1f}s, flexingest "
                     f"{x['cpu']:.2f} s CPU, moto {x['moto']:.2f} s CPU, all processes {x['busy']:.2f} s")
 
+    fit = per_batch_fit(runs)
+    if fit:
+        report.emit(f"least squares over the runs: flexingest CPU (idle removed) = {1000 * fit[0]:.1f} ms per event "
+                    f"batch (one receive: the state opened, the steps built, a listing table, a commit, the "
+                    f"acknowledgement) + {1000 * fit[1]:.2f} ms per object")
+    report.table("moto's own cost per request here (one client, sequential; what bounds the rates above)",
+                 ["request", "moto CPU ms", "wall ms"],
+                 [(label, f"{cpu:.1f}", f"{wall:.1f}") for label, cpu, wall in moto_costs(server, work)])
     listing_runs: list[Any] = []
     if args.list_keys:
         log(f"listing cost: {args.list_keys} keys")
