@@ -542,9 +542,10 @@ def paper(report: Report, results: dict[str, Any]) -> None:
             continue  # no dispatch of its own: the objects run in the coordinator itself
         lines.append(f"dispatch + collection on the coordinator, {executor} at concurrency {c}: {1000 * coord:.3f} ms "
                      f"CPU per object -> at most {1 / max(coord, 1e-9):,.0f} objects/s on one core")
+    list_key = (listing_ms.get("s3 (moto)") or listing_ms.get("local") or 0.0) / 1000
     if dask_c and workloads:
         best = min(dask_c, key=lambda k: dispatch[k][2])
-        coord = dispatch[best][2] + (commit_row_us or 0) / 1e6
+        coord = dispatch[best][2] + list_key  # dispatch, collection and commit (measured together) + listing
         for name, work_cpu in workloads:
             cluster = NODES * CORES / work_cpu
             limit = 1 / coord
@@ -552,6 +553,13 @@ def paper(report: Report, results: dict[str, Any]) -> None:
             rows.append((name, f"{1000 * work_cpu:.2f}", f"{cluster:,.0f}", f"{1000 * coord:.3f}", f"{limit:,.0f}",
                          f"{rate:,.0f}", "coordinator" if limit < cluster else "workers",
                          f"{BIG / rate / 3600:.2f}"))
+        lines.append(f"coordinator CPU per object = {best[0]} dispatch + collection + commit at concurrency {best[1]} "
+                     f"({1000 * dispatch[best][2]:.3f} ms, its LocalCluster's scheduler included) + listing and diff "
+                     f"of one key ({1000 * list_key:.3f} ms)")
+        batch = max(1, best[1] // (2 * 2))
+        lines.append(f"objects in flight never exceed the sync's concurrency, and a batch is at most concurrency // "
+                     f"(2 x workers): {NODES * CORES} workers with batches of {batch} (as measured here) need "
+                     f"concurrency >= {2 * NODES * CORES * batch:,}; the default 8 keeps 8 objects in flight")
     report.table(f"On paper: {NODES} nodes x {CORES} cores, {BIG // 1_000_000} M objects (workers at one core per "
                  "process; the coordinator one Python process: its CPU per object caps the whole cluster)",
                  ["workload", "worker CPU ms/object", "cluster objects/s", "coordinator CPU ms/object",
