@@ -28,8 +28,9 @@ $(AZURITE): tests/emulators/package.json
 # Debian packages the tests drive (command:package); installed only when the command is missing
 # java: the Pub/Sub emulator (shipped with the Google Cloud CLI, used by tests/test_events.py) runs on it
 # tesseract, pdftotext, zip: OCR, the PDF reference and encrypted zip members (tests/test_ocr.py, ...)
+# chromium + chromedriver: the status page in a real browser (tests/test_http_page.py)
 SYSTEM_TOOLS := systemd-analyze:systemd setpriv:util-linux logger:bsdutils java:openjdk-17-jre-headless \
-	tesseract:tesseract-ocr pdftotext:poppler-utils zip:zip
+	tesseract:tesseract-ocr pdftotext:poppler-utils zip:zip chromium:chromium chromedriver:chromium-driver
 
 system-tools:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \

@@ -13,10 +13,9 @@ import zoneinfo
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal, Union
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Discriminator,
@@ -29,7 +28,10 @@ from pydantic import (
     model_validator,
 )
 
+from .connectors import CONNECTOR_TYPES as _CONNECTOR_TYPES
+from .connectors import connector_models, secret_fields
 from .events import EventsConfig
+from .models import ConnectorBase, Strict
 from .steps import BUILTIN_STEPS, StepCall, StepOptions, known_steps, step_class
 from .units import Duration, Size
 
@@ -87,118 +89,14 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
 # --------------------------------------------------------------------------- connectors
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+#: one entry of ``connectors:``: each connector type's model, from :mod:`flexingest.connectors`
+if TYPE_CHECKING:
+    Connector = ConnectorBase
+else:
+    Connector = Annotated[Union[tuple(connector_models())], Field(discriminator="type")]
+CONNECTOR_TYPES = _CONNECTOR_TYPES
+SECRET_FIELDS = secret_fields()
 
-
-def _both_or_neither(model: BaseModel, a: str, b: str) -> None:
-    if (getattr(model, a) is None) != (getattr(model, b) is None):
-        raise ValueError(f"'{a}' and '{b}' go together: give both or neither")
-
-
-class S3Config(Strict):
-    bucket: str = Field(min_length=1, description="bucket name")
-    region: str | None = Field(None, description="e.g. us-east-1; found from the bucket when omitted")
-    aws_access_key_id: SecretStr | None = None
-    aws_secret_access_key: SecretStr | None = None
-    aws_session_token: SecretStr | None = None
-    profile: str | None = Field(None, description="a profile of the shared AWS config files")
-    endpoint_url: str | None = Field(None, description="S3-compatible stores: MinIO, R2, Ceph, ...")
-    role_arn: str | None = Field(None, description="assume this role with the credentials above")
-    anonymous: bool = Field(False, description="unsigned requests, for public buckets")
-    timeout: Duration = Field(timedelta(seconds=60), description="how long one request may wait for an answer")
-
-    @model_validator(mode="after")
-    def _credentials(self) -> S3Config:
-        _both_or_neither(self, "aws_access_key_id", "aws_secret_access_key")
-        if self.aws_session_token is not None and self.aws_access_key_id is None:
-            raise ValueError("'aws_session_token' needs 'aws_access_key_id' and 'aws_secret_access_key'")
-        if self.profile is not None and self.aws_access_key_id is not None:
-            raise ValueError("give either 'profile' or access keys, not both")
-        if self.anonymous and (self.aws_access_key_id or self.profile or self.role_arn):
-            raise ValueError("'anonymous: true' cannot be combined with credentials")
-        return self
-
-
-class GCSConfig(Strict):
-    bucket: str = Field(min_length=1)
-    project: str | None = None
-    service_account_json: SecretStr | None = Field(
-        None, description="path to a service-account key file, or the key's JSON itself")
-    endpoint_url: str | None = Field(None, description="for emulators such as fake-gcs-server")
-    anonymous: bool = Field(False, description="no credentials: public buckets and emulators")
-    timeout: Duration = Field(timedelta(seconds=60), description="how long one request may wait for an answer")
-
-    @model_validator(mode="after")
-    def _credentials(self) -> GCSConfig:
-        if self.anonymous and self.service_account_json is not None:
-            raise ValueError("'anonymous: true' cannot be combined with 'service_account_json'")
-        return self
-
-
-class AzureBlobConfig(Strict):
-    container: str = Field(min_length=1)
-    account_name: str | None = None
-    account_key: SecretStr | None = None
-    sas_token: SecretStr | None = None
-    connection_string: SecretStr | None = None
-    account_url: str | None = Field(None, description="e.g. Azurite or a sovereign cloud endpoint")
-    anonymous: bool = Field(False, description="no credentials: public containers")
-    timeout: Duration = Field(timedelta(seconds=60), description="how long one request may wait for an answer")
-
-    @model_validator(mode="after")
-    def _credentials(self) -> AzureBlobConfig:
-        given = [n for n in ("account_key", "sas_token", "connection_string") if getattr(self, n) is not None]
-        if len(given) > 1:
-            raise ValueError(f"give one of account_key, sas_token, connection_string (got {', '.join(given)})")
-        if self.connection_string is None and self.account_name is None and self.account_url is None:
-            raise ValueError("say which storage account: 'account_name', 'account_url' or 'connection_string'")
-        if self.account_key is not None and self.account_name is None:
-            raise ValueError("'account_key' needs 'account_name'")
-        if self.anonymous and given:
-            raise ValueError("'anonymous: true' cannot be combined with credentials")
-        return self
-
-
-class LocalConfig(Strict):
-    path: str = Field(min_length=1, description="a folder; relative paths resolve against the pipeline file")
-
-
-class ConnectorBase(Strict):
-    name: str = Field(min_length=1, pattern=r"^[^\s]+$", description="unique; syncs refer to it")
-    id: int | None = Field(None, description="optional unique integer, as in FlexOrch")
-
-
-class S3Connector(ConnectorBase):
-    type: Literal["s3"]
-    config: S3Config
-
-
-class GCSConnector(ConnectorBase):
-    type: Literal["gcs"]
-    config: GCSConfig
-
-
-class AzureBlobConnector(ConnectorBase):
-    type: Literal["azure_blob"]
-    config: AzureBlobConfig
-
-
-class LocalConnector(ConnectorBase):
-    type: Literal["local"]
-    config: LocalConfig
-
-
-Connector = Annotated[
-    Union[S3Connector, GCSConnector, AzureBlobConnector, LocalConnector],
-    Field(discriminator="type"),
-]
-CONNECTOR_TYPES = ("azure_blob", "gcs", "local", "s3")
-#: URL schemes that name a place in a connector type's storage (a ``copy`` destination's ``url``)
-URL_SCHEMES = {"azure_blob": ("abfs", "abfss", "az"), "gcs": ("gs", "gcs"), "local": ("file", "local"),
-               "s3": ("s3", "s3a")}
-SECRET_FIELDS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token",
-                           "service_account_json", "account_key", "sas_token", "connection_string"})
 
 # --------------------------------------------------------------------------- steps
 
@@ -309,6 +207,28 @@ Schedule = Annotated[
 ]
 
 
+class After(Strict):
+    """What happens to a source object once it is done (one of the three)."""
+
+    delete: bool = Field(False, description="delete the object")
+    move_to: str | None = Field(None, min_length=1, description="a prefix of the same bucket (done/), or a URL of "
+                                                                "another bucket of the connector's store")
+    tag: dict[str, str] | None = Field(None, description="S3 object tags, GCS custom metadata, Azure blob index "
+                                                         "tags, local extended attributes (user.NAME)")
+
+    @model_validator(mode="after")
+    def _one(self) -> After:
+        given = [name for name, on in (("delete", self.delete), ("move_to", self.move_to is not None),
+                                       ("tag", bool(self.tag))) if on]
+        if len(given) != 1:
+            raise ValueError("give one of delete: true, move_to: PREFIX or tag: {name: value}"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+    def describe(self) -> str:
+        return "delete" if self.delete else f"move_to {self.move_to}" if self.move_to else "tag"
+
+
 class Sync(Strict):
     name: str = Field(min_length=1, pattern=r"^[^\s]+$")
     connector: str | int = Field(description="a connector name, or its integer id")
@@ -325,6 +245,7 @@ class Sync(Strict):
     steps: StepList | None = Field(None, description="overrides the top-level steps")  # type: ignore[valid-type]
     events: EventsConfig | None = Field(None, description="bucket notifications that find new objects between "
                                         "listings; 'schedule' is then the reconciliation listing")
+    after: After | None = Field(None, description="what happens to each source object once it is done")
 
     @field_validator("include", "exclude")
     @classmethod
@@ -338,6 +259,27 @@ class Sync(Strict):
         if self.min_size is not None and self.max_size is not None and self.min_size > self.max_size:
             raise ValueError("'min_size' is larger than 'max_size'")
         return self
+
+    def after_loops(self) -> str | None:
+        """Why ``after: {move_to}`` would move objects back into what this sync lists, or None.
+
+        Objects moved under the sync's own prefix, where its filters keep them, would be new
+        objects at the next listing: processed, moved again, for ever.
+        """
+        if self.after is None or self.after.move_to is None or "://" in self.after.move_to:
+            return None
+        dest = self.after.move_to.lstrip("/")
+        if not dest.startswith(self.prefix):
+            return None
+        names = ["file.txt", "a/b/file.pdf", *(p.rsplit("/", 1)[-1].replace("**", "x").replace("*", "x")
+                                              .replace("?", "x") for p in self.include)]
+        base = dest if dest.endswith("/") or not dest else f"{dest}/"
+        for name in names:
+            if self.skip_reason(base + name, 1, None) is None:
+                return (f"moves objects to {dest!r}, inside what this sync lists (prefix {self.prefix!r}), where its "
+                        f"filters keep them: they would be processed again, for ever; move them outside the prefix, "
+                        f"or exclude the destination (exclude: ['{base}**'])")
+        return None
 
     @cached_property
     def _include_re(self) -> list[re.Pattern[str]]:
@@ -429,10 +371,15 @@ class Pipeline(Strict):
     steps: StepList = Field(default_factory=list,  # type: ignore[valid-type]
                             description="default steps for syncs and `process`")
     syncs: list[Sync] = Field(default_factory=list)
+    connectors_dir: str | None = Field(
+        None, description="a folder (relative to this file) of connector files, one connector per *.yaml; "
+        "connectors created over HTTP are written there")
     executor: Executor = Field(default_factory=lambda: ThreadsExecutor(type="threads"),
                                description="where the steps run: threads (default), processes, or a Dask cluster")
 
     _path: Path = PrivateAttr(default=Path("pipeline.yaml"))
+    #: connector name -> the file of connectors_dir that declares it (the others are in the pipeline file)
+    _connector_files: dict[str, Path] = PrivateAttr(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -449,6 +396,18 @@ class Pipeline(Strict):
             p = Path(self.state).expanduser()
             return p if p.is_absolute() else (self.base_dir / p).resolve()
         return self.base_dir / ".flexingest" / f"{self._path.stem}.db"
+
+    @property
+    def connectors_path(self) -> Path | None:
+        """The folder of ``connectors_dir``, or None when connectors are declared in the file only."""
+        if self.connectors_dir is None:
+            return None
+        p = Path(self.connectors_dir).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    def connector_file(self, name: str) -> Path | None:
+        """The file of ``connectors_dir`` that declares connector ``name`` (None: the pipeline file)."""
+        return self._connector_files.get(name)
 
     def connector(self, ref: str | int) -> ConnectorBase:
         """A connector by name, or by integer id (``42`` or ``"42"``)."""

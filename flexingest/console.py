@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from .redact import Redactor
 
@@ -127,6 +127,8 @@ def setup_logging(verbosity: int = 0, fmt: str = "text", stream: TextIO | None =
     # gcsfs logs every exhausted retry as a full traceback; flexingest reports the error itself
     logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     logging.getLogger("apscheduler").setLevel(logging.WARNING if verbosity < 2 else logging.INFO)
+    # uvicorn (run --http): its start and stop lines and the access log (paths, never headers) with -v
+    logging.getLogger("uvicorn").setLevel(logging.WARNING if verbosity < 1 else logging.INFO)
     logging.captureWarnings(True)
 
 
@@ -183,3 +185,15 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+def progress_bars(*, quiet: bool) -> Callable[[str], ProgressBar | None]:
+    """A maker of progress bars for passes: a bar on a terminal (unless ``quiet``), else None."""
+
+    def make(name: str) -> ProgressBar | None:
+        if quiet:
+            return None
+        bar = ProgressBar(name)
+        return bar if bar.enabled else None
+
+    return make

@@ -21,7 +21,8 @@
     │   ├── UnsafeKey            the key would escape a local destination
     │   └── UnprocessableObject  the object itself cannot be processed: it goes dead at once
     ├── ObjectSkipped            a step chose to skip the object (recorded ``skipped``)
-    └── PassStopped              the pass stopped before its end: storage or destination down
+    ├── PassStopped              the pass stopped before its end: storage or destination down
+    └── ApiError                 a request to the HTTP interface cannot be done (carries its status code)
 
 Two class attributes say what trying again may do, and the pass reads nothing else:
 ``transient`` (an outage: retried with backoff, never charged to the object) and
@@ -199,3 +200,12 @@ class ObjectSkipped(FlexingestError):
 
 class PassStopped(FlexingestError):
     """The pass stopped before its end because no object could succeed (an outage)."""
+
+
+class ApiError(FlexingestError):
+    """A request to the HTTP interface that cannot be done: unknown (404), in conflict with the
+    pipeline file (409), too large (413), too many waiting (429), not now (503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

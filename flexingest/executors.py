@@ -75,6 +75,22 @@ def split_steps(calls: list[StepCall]) -> int:
     return len(calls)
 
 
+def placement(pipeline: Pipeline) -> list[str]:
+    """Where each list of steps runs with the pipeline's executor (``flexingest validate``)."""
+    if pipeline.executor.type == "threads":
+        return []
+    lines = []
+    for sync in [None, *pipeline.syncs]:
+        calls = pipeline.steps_for(sync)
+        if not calls or (sync is not None and sync.steps is None):
+            continue
+        n = split_steps(calls)
+        where = f"sync {sync.name}" if sync is not None else "top-level steps"
+        lines.append(f"{where}: on the {pipeline.executor.type} workers: {', '.join(c.name for c in calls[:n]) or '-'}"
+                     f"; on this process (the coordinator): {', '.join(c.name for c in calls[n:]) or '-'}")
+    return lines
+
+
 def check_secrets(pipeline: Pipeline, executor: Executor) -> None:
     """Refuse to send secrets written in the pipeline file to a Dask cluster over plain TCP.
 

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from .console import printable
 from .exceptions import ConfigError, ConfigIssue
-from .validation import Loc, field_path, issue_from_pydantic, plugins_named, reference_issues
+from .validation import Loc, field_path, issue_from_pydantic, model_issues, plugins_named, reference_issues
 
 MAX_NODES = 100_000  # values after alias expansion: a bound against "billion laughs"
 MAX_YAML_NODES = 20_000  # values as written (a pipeline with 500 syncs has about 10,000): parsing stays < 1 s
@@ -234,14 +234,17 @@ class _Loader(yaml.SafeLoader):
 
 
 def load_pipeline(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
-                  need_secrets: bool = True) -> Any:
-    """Validate a pipeline file; raise ConfigError naming every problem in it.
+                  need_secrets: bool = True, connector_files: Mapping[str, str | None] | None = None) -> Any:
+    """Validate a pipeline file (and the connector files of its ``connectors_dir``); raise
+    ConfigError naming every problem in them.
 
     ``need_secrets=False`` (``status``, ``retry``: commands that contact no connector)
     leaves variables of connectors, steps and events unexpanded when they are not set.
+    ``connector_files``: file name in ``connectors_dir`` -> its text as it would be written
+    (None: as if it were removed), to check a change before it is made.
     """
     try:
-        return _load(path, env, need_secrets, None)
+        return _load(path, env, need_secrets, None, connector_files or {})
     except ConfigError as exc:
         if all(i.field.isprintable() and i.message.isprintable() for i in exc.issues):
             raise
@@ -252,44 +255,47 @@ def load_pipeline(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
 
 def load_pipeline_text(text: str, path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Any:
     """A pipeline from its text, as if read from ``path`` (a worker rebuilding the
-    coordinator's pipeline: relative paths resolve against ``path``'s folder)."""
+    coordinator's pipeline: relative paths resolve against ``path``'s folder; the files of its
+    ``connectors_dir`` are read there)."""
     try:
-        return _load(path, env, True, text.encode("utf-8"))
+        return _load(path, env, True, text.encode("utf-8"), {})
     except ConfigError as exc:
         raise ConfigError([dataclasses.replace(i, field=printable(i.field), message=printable(i.message))
                            for i in exc.issues]) from None
 
 
-def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, need_secrets: bool,
-          raw: bytes | None) -> Any:
-    from .config import model_for
+def _fail(file: str, message: str, line: int = 0, col: int = 0) -> ConfigError:
+    return ConfigError([ConfigIssue(file, line, col, "", message)])
 
-    file = str(path)
-    env = os.environ if env is None else env
 
-    def fail(message: str, line: int = 0, col: int = 0) -> ConfigError:
-        return ConfigError([ConfigIssue(file, line, col, "", message)])
-
+def _read_text(path: str | os.PathLike[str], file: str, raw: bytes | None = None) -> str:
     try:
         if raw is None:
             with open(path, "rb") as f:
                 raw = f.read(MAX_BYTES + 1)  # never more: the path may be a huge file, or /dev/zero
     except FileNotFoundError:
-        raise fail("no such file") from None
+        raise _fail(file, "no such file") from None
     except IsADirectoryError:
-        raise fail("is a folder, not a pipeline file") from None
+        raise _fail(file, "is a folder, not a pipeline file") from None
     except OSError as exc:
-        raise fail(f"cannot read: {exc.strerror}") from None
+        raise _fail(file, f"cannot read: {exc.strerror}") from None
     if len(raw) > MAX_BYTES:
-        raise fail(f"file is larger than {MAX_BYTES // (1024 * 1024)} MiB; is it really a pipeline file?")
+        raise _fail(file, f"file is larger than {MAX_BYTES // (1024 * 1024)} MiB; is it really a pipeline file?")
+    return _decode(raw, file)
+
+
+def _decode(raw: bytes, file: str) -> str:
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line_start = raw.rfind(b"\n", 0, exc.start) + 1
         column = len(raw[line_start:exc.start].decode("utf-8", "replace")) + 1
-        raise fail(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
-                   raw.count(b"\n", 0, exc.start) + 1, column) from None
+        raise _fail(file, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+                    raw.count(b"\n", 0, exc.start) + 1, column) from None
 
+
+def _compose(text: str, file: str, what: str = "a pipeline") -> tuple[yaml.Node, dict[tuple[int, Any], yaml.Mark]]:
+    """The one YAML document of ``text``, composed safely and bounded, and where its aliases are used."""
     try:
         loader = _Loader(text)
         try:
@@ -303,39 +309,58 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, need_secr
     except yaml.reader.ReaderError as exc:  # a control character such as NUL
         line = text.count("\n", 0, exc.position) + 1
         column = exc.position - text.rfind("\n", 0, exc.position)
-        what = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
-        raise fail(f"invalid YAML: character {what} is not allowed ({exc.reason})", line, column) from None
+        what_char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise _fail(file, f"invalid YAML: character {what_char} is not allowed ({exc.reason})", line, column) from None
     except _TooDeep as exc:
-        raise fail(f"values are nested more than {MAX_DEPTH} levels deep; refusing to load it",
-                   exc.mark.line + 1, exc.mark.column + 1) from None
+        raise _fail(file, f"values are nested more than {MAX_DEPTH} levels deep; refusing to load it",
+                    exc.mark.line + 1, exc.mark.column + 1) from None
     except _TooBig:
-        raise fail(f"the file has more than {MAX_YAML_NODES} values; refusing to load it") from None
+        raise _fail(file, f"the file has more than {MAX_YAML_NODES} values; refusing to load it") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(p for p in (exc.context, exc.problem) if p)
-        raise fail(f"invalid YAML: {problem}", *((mark.line + 1, mark.column + 1) if mark else (0, 0))) from None
+        raise _fail(file, f"invalid YAML: {problem}",
+                    *((mark.line + 1, mark.column + 1) if mark else (0, 0))) from None
     except yaml.YAMLError as exc:
-        raise fail(f"invalid YAML: {exc}") from None
+        raise _fail(file, f"invalid YAML: {exc}") from None
     documents = [d for d in documents if d is not None]
     if not documents:
-        raise fail("the file is empty; a pipeline needs at least 'version: 1' and 'connectors'")
+        if what == "a pipeline":
+            raise _fail(file, "the file is empty; a pipeline needs at least 'version: 1' and 'connectors'")
+        raise _fail(file, f"the file is empty; {what} file has 'name', 'type' and 'config'")
     if len(documents) > 1:
         m = documents[1].start_mark
-        raise fail("one pipeline per file: found a second YAML document", m.line + 1, m.column + 1)
+        raise _fail(file, f"one {what.removeprefix('a ')} per file: found a second YAML document",
+                    m.line + 1, m.column + 1)
+    return documents[0], loader.alias_marks
 
-    walker = _Walker(file, env, need_secrets=need_secrets, alias_marks=loader.alias_marks)
+
+def _walk(walker: _Walker, node: yaml.Node, loc: Loc) -> Any:
     try:
-        data = walker.walk(documents[0], ())
+        return walker.walk(node, loc)
     except _TooBig as exc:
         where = (exc.mark.line + 1, exc.mark.column + 1) if exc.mark is not None else (0, 0)
-        raise fail(f"the file expands to more than {MAX_NODES} values (an alias bomb?): this alias crossed the "
-                   "bound; refusing to load it", *where) from None
+        raise _fail(walker.file, f"the file expands to more than {MAX_NODES} values (an alias bomb?): this alias "
+                    "crossed the bound; refusing to load it", *where) from None
     except RecursionError:
-        raise fail(f"the file expands to more than {MAX_NODES} values (alias bomb?); refusing to load it") from None
+        raise _fail(walker.file, f"the file expands to more than {MAX_NODES} values (alias bomb?); "
+                    "refusing to load it") from None
+
+
+def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, need_secrets: bool,
+          raw: bytes | None, overrides: Mapping[str, str | None]) -> Any:
+    from .config import model_for
+
+    file = str(path)
+    env = os.environ if env is None else env
+    document, alias_marks = _compose(_read_text(path, file, raw), file)
+    walker = _Walker(file, env, need_secrets=need_secrets, alias_marks=alias_marks)
+    data = _walk(walker, document, ())
     if not isinstance(data, dict):
         top = ConfigIssue(file, 1, 1, "", "the top level must be a mapping with 'version', 'connectors', ...")
         raise ConfigError([*walker.issues, top])
 
+    from_dir = _connectors_dir(data, walker, Path(path), overrides)
     issues = list(walker.issues)
     model = model_for(plugins_named(data, walker, issues))
     try:
@@ -347,11 +372,89 @@ def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, need_secr
             if issue is not None:
                 issues.append(issue)
     issues.extend(reference_issues(data, walker))
+    if pipeline is not None:
+        issues.extend(model_issues(pipeline, walker))
+    if from_dir:
+        issues = [_in_connector_file(i, from_dir) for i in issues]
     if issues:
         raise ConfigError(_dedupe(issues))
     assert pipeline is not None
     pipeline._path = Path(path)
+    pipeline._connector_files = {data["connectors"][i]["name"]: real for i, (_, real) in from_dir.items()}
     return pipeline
+
+
+MAX_CONNECTOR_FILES = 1000  # connectors in connectors_dir: each is a connector the service opens
+
+
+def _connectors_dir(data: dict[str, Any], walker: _Walker, path: Path,
+                    overrides: Mapping[str, str | None]) -> dict[int, tuple[str, Path]]:
+    """Add the connectors of ``connectors_dir/*.yaml`` to ``data["connectors"]``, each walked in its
+    own file (errors name that file). Returns: index in ``connectors`` -> (file as shown, its path)."""
+    written = data.get("connectors_dir")
+    if not isinstance(written, str) or not written:
+        return {}  # absent, or the model says what is wrong with it
+    folder = Path(written).expanduser()
+    if not folder.is_absolute():
+        folder = path.resolve().parent / folder
+    shown_folder = written if Path(written).expanduser().is_absolute() else os.path.join(os.path.dirname(str(path)),
+                                                                                          written)
+    inline = data.get("connectors", [])
+    if not isinstance(inline, list):
+        return {}  # the model reports the pipeline file's own mistake
+    texts: dict[str, str | None] = {}
+    if folder.is_dir():
+        try:
+            texts = {p.name: None for p in folder.iterdir() if p.name.endswith(".yaml") and p.is_file()}
+        except OSError as exc:
+            walker.issue(None, ("connectors_dir",), f"cannot read the folder {folder}: {exc.strerror}")
+            return {}
+    elif folder.exists():
+        line, col = walker.value_marks.get(("connectors_dir",), (0, 0))
+        walker.issues.append(ConfigIssue(walker.file, line, col, "connectors_dir", f"{folder} is not a folder"))
+        return {}
+    for name, text in overrides.items():
+        if text is None:
+            texts.pop(name, None)
+        else:
+            texts[name] = text
+    if len(texts) > MAX_CONNECTOR_FILES:
+        line, col = walker.value_marks.get(("connectors_dir",), (0, 0))
+        walker.issues.append(ConfigIssue(walker.file, line, col, "connectors_dir",
+                                         f"more than {MAX_CONNECTOR_FILES} connector files in {folder}"))
+        return {}
+    if not texts:
+        return {}
+    connectors = data["connectors"] = list(inline)
+    found: dict[int, tuple[str, Path]] = {}
+    main_file = walker.file
+    for name in sorted(texts):
+        shown = os.path.join(shown_folder, name)
+        try:
+            text = texts[name]
+            text = _read_text(folder / name, shown) if text is None else text
+            document, alias_marks = _compose(text, shown, "a connector")
+            index = len(connectors)
+            walker.file = shown  # the errors of this connector name its own file
+            walker.alias_marks.update(alias_marks)
+            connectors.append(_walk(walker, document, ("connectors", index)))
+        except ConfigError as exc:
+            walker.issues.extend(exc.issues)
+            continue
+        finally:
+            walker.file = main_file
+        found[index] = (shown, folder / name)
+    return found
+
+
+def _in_connector_file(issue: ConfigIssue, from_dir: dict[int, tuple[str, Path]]) -> ConfigIssue:
+    """An issue of a connector from connectors_dir, named in its file: ``dir/x.yaml:3:5: config.bucket: ...``."""
+    if not issue.field.startswith("connectors["):
+        return issue
+    index, _, rest = issue.field[len("connectors["):].partition("]")
+    if not index.isdigit() or int(index) not in from_dir:
+        return issue
+    return dataclasses.replace(issue, file=from_dir[int(index)][0], field=rest.removeprefix("."))
 
 
 def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:

@@ -87,4 +87,41 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         ALTER TABLE runs ADD COLUMN missed INTEGER
     """),
+    # the length of each write_jsonl file as of the last commit: what follows it is cut on open
+    ("0005_outputs", """
+        CREATE TABLE outputs (
+            path TEXT PRIMARY KEY,
+            length INTEGER NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+    """),
+    # after: actions on source objects, recorded with their done and run after the commit
+    ("0006_after_actions", """
+        CREATE TABLE after_actions (
+            sync TEXT NOT NULL,
+            key TEXT NOT NULL,
+            version TEXT NOT NULL,
+            action TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (sync, key)
+        ) WITHOUT ROWID
+    """),
+    # jobs of the HTTP API (POST /v1/data-process/async): kept until done, resumed after a restart
+    ("0007_jobs", """
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            connector TEXT NOT NULL,
+            sync TEXT,
+            keys TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
+            results TEXT,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT
+        );
+        CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE status IN ('queued', 'running');
+    """),
 ]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import shutil
+from contextvars import ContextVar
 from pathlib import Path
 from typing import IO, Iterator, NamedTuple, Protocol
 
@@ -25,6 +27,26 @@ class ObjectInfo(NamedTuple):
     version: str
     size: int
     modified: float | None  # seconds since the epoch
+
+
+_current: ContextVar[tuple[str, str, int] | None] = ContextVar("flexingest_object", default=None)
+_attempts = itertools.count()
+
+
+@contextlib.contextmanager
+def processing(info: ObjectInfo) -> Iterator[None]:
+    """Marks the object this thread is processing now (one attempt of it), for steps that keep
+    their output until the object's outcome is committed (``write_jsonl``)."""
+    token = _current.set((info.key, info.version, next(_attempts)))
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def current_object() -> tuple[str, str, int] | None:
+    """``(key, version, attempt)`` of the object being processed by this thread, if any."""
+    return _current.get()
 
 
 def check_key(key: str) -> list[str]:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
@@ -19,9 +20,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
+from . import metrics
 from .destinations import open_destination
 from .exceptions import DestinationUnavailable, FlexingestError, ObjectGone, ObjectSkipped, PluginError, StepError
-from .objects import ObjectInfo, Source
+from .objects import ObjectInfo, Source, processing
 from .state import Outcome, State
 from .steps import Record, Step, StepContext, run_steps
 
@@ -75,15 +77,18 @@ class StopToken:
 # --------------------------------------------------------------------------- steps
 
 
-def step_context(pipeline: Pipeline) -> StepContext:
-    """How steps of this pipeline open destinations: a URL, or a path in a connector."""
+def step_context(pipeline: Pipeline, state: State | None = None) -> StepContext:
+    """How steps of this pipeline open destinations (a URL, or a path in a connector), and what
+    the state last committed of their output files."""
     return StepContext(base_dir=pipeline.base_dir,
-                       open_destination=lambda url, connector: open_destination(pipeline, url, connector))
+                       open_destination=lambda url, connector: open_destination(pipeline, url, connector),
+                       committed_length=state.output_length if state is not None else lambda path, size: size)
 
 
-def build_steps(pipeline: Pipeline, sync: Sync | None, *, start: int = 0, limit: int | None = None) -> list[Step]:
+def build_steps(pipeline: Pipeline, sync: Sync | None, *, start: int = 0, limit: int | None = None,
+                state: State | None = None) -> list[Step]:
     """The steps of ``sync`` (or the top-level ones), ``[start:limit]`` of them."""
-    context = step_context(pipeline)
+    context = step_context(pipeline, state)
     built: list[Step] = []
     try:
         for call in pipeline.steps_for(sync)[start:limit]:
@@ -134,7 +139,8 @@ def process_object(storage: Storage, steps: Sequence[Step], info: ObjectInfo, sy
     while True:
         source = Source(storage, info)
         try:
-            records = run_steps(steps, new_record(storage.name, sync, info), source)
+            with processing(info):
+                records = run_steps(steps, new_record(storage.name, sync, info), source)
             if source.read_version not in (None, info.version) and restarts < 2:
                 # overwritten since the listing: what was read is newer than what was listed;
                 # process the object again as it is now, so that the record and the state agree
@@ -214,8 +220,9 @@ class Committer:
     """Collects outcomes and commits them in batches, after the steps made their outputs durable."""
 
     def __init__(self, state: State, sync: str, steps: list[Step], max_attempts: int,
-                 counts: dict[str, int], keep: list[Outcome] | None) -> None:
+                 counts: dict[str, int], keep: list[Outcome] | None, after: str | None = None) -> None:
         self.state, self.sync, self.steps, self.max_attempts = state, sync, steps, max_attempts
+        self.after = after  # the sync's after: action, recorded as pending with each done
         self.counts = counts
         self.keep = keep
         self.pending: list[Outcome] = []
@@ -231,15 +238,24 @@ class Committer:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
+        settled = [(o.key, o.version, o.status) for o in batch]
+        held = contextlib.ExitStack()  # outputs held (appended, fsync'ed) until the commit
+        lengths: dict[str, int] = {}
         try:
             for step in self.steps:
-                step.flush()
+                lengths.update(held.enter_context(step.committing(settled)))
         except Exception as exc:  # noqa: BLE001 - outputs not durable: do not record them done
+            held.__exit__(type(exc), exc, exc.__traceback__)  # the steps take back what they appended
             message = f"could not make outputs durable: {exc}"
             log.error("%s: %s", self.sync, message)
             batch = [Outcome(o.key, o.version, o.size, o.modified, "failed", message)
                      if o.status in ("done", "skipped") else o for o in batch]
-        result = self.state.record(self.sync, batch, self.max_attempts)
+            result = self.state.record(self.sync, batch, self.max_attempts)
+        else:
+            with held:  # a commit that fails makes the steps take back what they appended
+                result = self.state.record(self.sync, batch, self.max_attempts, outputs=lengths,
+                                           after=self.after)
+        metrics.observe_outcomes(self.sync, batch)
         for o in batch:
             self.counts[o.status] = self.counts.get(o.status, 0) + 1
         self.counts["dead"] += result["dead"]
@@ -424,8 +440,9 @@ class Processing:
     def _coordinator_steps(self, info: ObjectInfo, outcome: Outcome, records: list[Record]) -> Outcome:
         source = Source(self.storage, info)
         try:
-            for record in records:
-                run_steps(self.coordinator_steps, record, source)
+            with processing(info):
+                for record in records:
+                    run_steps(self.coordinator_steps, record, source)
         except ObjectSkipped as exc:
             return Outcome(info.key, info.version, info.size, info.modified, "skipped", self.redact(str(exc)))
         except Exception as exc:  # noqa: BLE001 - one bad object never stops the others
@@ -443,6 +460,7 @@ class Processing:
         if outcome.halt:
             self._halt.set()
         if self.breaker.tripped and not was_tripped:
+            metrics.observe_breaker(self.committer.sync)
             log.error("%s: %s; the rest is left for the next pass", self.committer.sync, self.breaker.reason)
         self.done += 1
         self.done_bytes += info.size or 0

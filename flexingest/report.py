@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Collection, Iterator
 
 from .console import printable
 from .lock import StateLock
-from .state import STATUS_COUNTS, State
+from .records import STATUS_COUNTS
+from .state import State
 
 if TYPE_CHECKING:
     from .config import Pipeline
@@ -23,11 +24,14 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z") if moment else None
 
 
-def status_report(pipeline: Pipeline, *, problems: int | None = 20, state: State | None = None) -> dict[str, Any]:
+def status_report(pipeline: Pipeline, *, problems: int | None = 20, state: State | None = None,
+                  running: Collection[str] | None = None) -> dict[str, Any]:
     """Per sync: object counts, the last run, the next due time, the recent failures.
 
     ``problems``: how many failed and dead objects to list per sync (None: all). Opens the
     state file read-only unless ``state`` is given (the service's own connection).
+    ``running``: the syncs whose pass is in flight, from the service that holds the lock (an
+    unfinished run of any other sync was killed); by default the lock says whether one may run.
     """
     from .runner import next_due
 
@@ -35,6 +39,7 @@ def status_report(pipeline: Pipeline, *, problems: int | None = 20, state: State
     rows: dict[str, dict[str, Any]] = {}
     listed: dict[str, list[dict[str, Any]]] = {}
     events: dict[str, dict[str, Any]] = {}
+    after: dict[str, dict[str, Any]] = {}
     if state is not None or pipeline.state_path.exists():
         own = state is None
         state = state or State(pipeline.state_path, readonly=True)
@@ -44,13 +49,15 @@ def status_report(pipeline: Pipeline, *, problems: int | None = 20, state: State
             rows = state.status()
             listed = {name: [dict(r) for r in state.problems(name, problems)] for name in rows}
             events = state.event_stats()
+            after = state.after_status()
         finally:
             if own:
                 state.close()
-        running = StateLock(pipeline.state_path).is_held()
-        for entry in rows.values():
+        held = running is None and StateLock(pipeline.state_path).is_held()
+        for name, entry in rows.items():
             last = entry.get("last_run")
-            if last and last["ended_at"] is None and last["result"] is None and not running:
+            alive = held or (running is not None and name in running)
+            if last and last["ended_at"] is None and last["result"] is None and not alive:
                 last["result"] = "killed"  # unfinished, and no process holds the lock: it died
                 last["error"] = KILLED
     out: dict[str, Any] = {}
@@ -61,6 +68,9 @@ def status_report(pipeline: Pipeline, *, problems: int | None = 20, state: State
         last = entry["last_run"]
         entry["next_due"] = _iso(next_due(sync, last["started_at"] if last else None, now) if sync else None)
         entry["problems"] = listed.get(name, [])
+        if sync is not None and sync.after is not None or name in after:
+            entry["after"] = {"action": sync.after.describe() if sync is not None and sync.after is not None else None,
+                              "pending": 0, "failing": 0, "error": None, **after.get(name, {})}
         if sync is not None and sync.events is not None or name in events:
             entry["events"] = {"queue": sync.events.type if sync is not None and sync.events is not None else None,
                                **events.get(name, {})}
@@ -100,6 +110,11 @@ def status_lines(report: dict[str, Any], mask: Any = lambda text: text) -> Itera
                       if last and last.get("missed") else ""))
         elif queue:
             yield f"  {shown}: events ({queue['queue']}): none received yet"
+        actions = e.get("after")
+        if actions and actions["pending"]:
+            yield (f"  {shown}: after ({actions['action']}): {actions['pending']} pending"
+                   + (f", {actions['failing']} failing: {printable(mask(actions['error'] or ''))}"
+                      if actions["failing"] else ""))
         if last and last["result"] == "killed" and not last["ended_at"]:
             yield f"  {shown}: the last run did not finish: {last['error']}"
         for problem in e["problems"]:

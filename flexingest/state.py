@@ -15,12 +15,12 @@ import os
 import sqlite3
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 from .exceptions import StateError
 from .migrations import MIGRATIONS
+from .records import Records, _text, now_iso
 
 APPLICATION_ID = 0x466C7849  # "FlxI", in the SQLite header: marks the file as ours
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -38,8 +38,6 @@ CLASSIFY = """
     END
 """
 TO_PROCESS = ("new", "changed", "retry")
-#: the object counts ``status`` shows per sync
-STATUS_COUNTS = ("done", "skipped", "failed", "dead", "pending", "gone")
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection:
@@ -52,10 +50,6 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     uri = path.resolve().as_uri()
     mode = "mode=ro" if Path(f"{path}-wal").exists() else "immutable=1"
     return sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=30, isolation_level=None)
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -71,14 +65,6 @@ class Plan:
     @property
     def listed(self) -> int:
         return sum(self.counts.values())
-
-
-def _text(message: str | None) -> str | None:
-    """A message as storable text: a lone surrogate (a file name in bytes that are not UTF-8,
-    echoed by a step) is written as its escape instead of failing the whole commit."""
-    if message is None or message.isascii():
-        return message
-    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -100,7 +86,7 @@ class Outcome:
     halt: bool = False
 
 
-class State:
+class State(Records):
     """One connection to a state file. Use from one thread."""
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True, check: bool = True,
@@ -424,40 +410,6 @@ class State:
             return sum(db.execute("""UPDATE objects SET gone_at = ?, updated_at = ? WHERE sync = ? AND key = ?
                                      AND gone_at IS NULL""", (now, now, sync, key)).rowcount for key in keys)
 
-    def note_events(self, sync: str, messages: int, objects: int, last_event_at: str | None,
-                    lag_seconds: float | None) -> None:
-        """Count what a receive from a sync's queue brought, none included (``status`` shows it;
-        the reconciliation counts as missed what changed before the last receive)."""
-        now = now_iso()
-        with self.transaction() as db:
-            db.execute("""INSERT INTO event_stats (sync, since, messages, objects, last_message_at, last_checked_at,
-                                                   last_event_at, lag_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                          ON CONFLICT (sync) DO UPDATE SET messages = messages + excluded.messages,
-                              objects = objects + excluded.objects,
-                              last_message_at = coalesce(excluded.last_message_at, last_message_at),
-                              last_checked_at = excluded.last_checked_at,
-                              last_event_at = coalesce(excluded.last_event_at, last_event_at),
-                              lag_seconds = coalesce(excluded.lag_seconds, lag_seconds)""",
-                       (sync, now, messages, objects, now if messages else None, now, last_event_at, lag_seconds))
-
-    def event_stats(self) -> dict[str, dict[str, Any]]:
-        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'event_stats'").fetchone():
-            return {}  # a state file of a flexingest before events (status reads, never migrates)
-        return {r["sync"]: {k: r[k] for k in r.keys() if k != "sync"}
-                for r in self.db.execute("SELECT * FROM event_stats")}
-
-    def missed_by_events(self, since: str, before: float) -> int:
-        # ``since``, ``before``: the first receive of events, and the last receive minus their lateness
-        """Of the last plan, the new and changed objects modified after events were consumed
-        (``since``, ISO) and before ``before`` (epoch seconds): what events did not announce."""
-        from datetime import datetime
-
-        start = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
-        row = self.db.execute("""SELECT count(*) FROM temp.todo WHERE reason IN ('new', 'changed')
-                                 AND modified IS NOT NULL AND modified > ? AND modified < ?""",
-                              (start, before)).fetchone()
-        return int(row[0])
-
     def would_be_gone(self, sync: str) -> Iterator[str]:
         """The keys :meth:`mark_gone` would mark (``--dry-run``)."""
         if not self._gone_possible:
@@ -492,7 +444,8 @@ class State:
 
     # ------------------------------------------------------------------ outcomes
 
-    def record(self, sync: str, outcomes: list[Outcome], max_attempts: int) -> dict[str, int]:
+    def record(self, sync: str, outcomes: list[Outcome], max_attempts: int,
+               outputs: Mapping[str, int] | None = None, after: str | None = None) -> dict[str, int]:
         """Commit a batch of outcomes in one transaction; returns how many became dead.
 
         A failure counts one attempt; ``max_attempts`` of them make the object dead. A
@@ -503,6 +456,10 @@ class State:
         dead = 0
         same = "objects.version = excluded.version"
         with self.transaction() as db:
+            for path, length in (outputs or {}).items():  # with the outcomes that account for them
+                db.execute("""INSERT INTO outputs (path, length, updated_at) VALUES (?, ?, ?)
+                              ON CONFLICT (path) DO UPDATE SET length = excluded.length,
+                                  updated_at = excluded.updated_at""", (path, length, now))
             for o in outcomes:
                 if o.status == "gone":
                     db.execute("""INSERT INTO objects (sync, key, version, size, modified, status, attempts,
@@ -512,6 +469,12 @@ class State:
                                       updated_at = excluded.updated_at""",
                                (sync, o.key, o.version, o.size, o.modified, now, now))
                     continue
+                if o.status == "done" and after is not None:  # its after: action, pending from this commit on
+                    db.execute("""INSERT INTO after_actions (sync, key, version, action, attempts, error, updated_at)
+                                  VALUES (?, ?, ?, ?, 0, NULL, ?)
+                                  ON CONFLICT (sync, key) DO UPDATE SET version = excluded.version,
+                                      action = excluded.action, attempts = 0, error = NULL,
+                                      updated_at = excluded.updated_at""", (sync, o.key, o.version, after, now))
                 if o.status in ("done", "skipped"):
                     db.execute(f"""INSERT INTO objects (sync, key, version, size, modified, status, attempts,
                                                         error, processed_at, gone_at, updated_at)
@@ -553,51 +516,3 @@ class State:
                              (now_iso(), sync, sync))
             return cur.rowcount
 
-    # ------------------------------------------------------------------ runs and status
-
-    def start_run(self, sync: str, kind: str, started_at: str | None = None, *, executor: str | None = None) -> int:
-        """Record the start of a pass. Its caller holds the state lock, so a run of this sync
-        that never recorded its end belongs to a process that died (kill -9, power loss)."""
-        with self.transaction() as db:
-            db.execute("""UPDATE runs SET result = 'killed', ended_at = NULL,
-                          error = 'the process stopped before it recorded the end of this pass'
-                          WHERE sync = ? AND ended_at IS NULL AND result IS NULL""", (sync,))
-            cur = db.execute("INSERT INTO runs (sync, kind, started_at, executor) VALUES (?, ?, ?, ?)",
-                             (sync, kind, started_at or now_iso(), executor))
-            return int(cur.lastrowid or 0)
-
-    def finish_run(self, run_id: int, counts: dict[str, int], result: str, error: str | None = None) -> None:
-        cols = ("listed", "new", "changed", "done", "failed", "dead", "gone", "missed")
-        with self.transaction() as db:
-            db.execute(f"""UPDATE runs SET ended_at = ?, result = ?, error = ?,
-                           {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?""",
-                       (now_iso(), result, _text(error), *(int(counts.get(c, 0)) for c in cols), run_id))
-
-    def status(self) -> dict[str, dict[str, Any]]:
-        """Per sync: object counts by status, and the last run."""
-        out: dict[str, dict[str, Any]] = {}
-        for r in self.db.execute("""
-                SELECT sync,
-                       sum(gone_at IS NULL AND status = 'done') AS done,
-                       sum(gone_at IS NULL AND status = 'skipped') AS skipped,
-                       sum(gone_at IS NULL AND status = 'failed') AS failed,
-                       sum(gone_at IS NULL AND status = 'dead') AS dead,
-                       sum(gone_at IS NULL AND status = 'pending') AS pending,
-                       sum(gone_at IS NOT NULL) AS gone
-                FROM objects GROUP BY sync"""):
-            out[r["sync"]] = {k: r[k] for k in STATUS_COUNTS}
-        for r in self.db.execute("""SELECT * FROM runs WHERE id IN (SELECT max(id) FROM runs GROUP BY sync)"""):
-            entry = out.setdefault(r["sync"], dict.fromkeys(STATUS_COUNTS, 0))
-            entry["last_run"] = {k: r[k] for k in r.keys() if k not in ("id", "sync")}
-        return out
-
-    def problems(self, sync: str, limit: int | None = 20) -> list[sqlite3.Row]:
-        """Failed and dead objects of a sync, most recent first (all of them if ``limit`` is None)."""
-        return self.db.execute("""SELECT key, status, attempts, error, updated_at FROM objects
-                                  WHERE sync = ? AND status IN ('failed', 'dead') AND gone_at IS NULL
-                                  ORDER BY updated_at DESC LIMIT ?""",
-                               (sync, -1 if limit is None else limit)).fetchall()
-
-    def objects(self, sync: str) -> list[sqlite3.Row]:
-        """Every row of a sync (for tests and small inspections)."""
-        return self.db.execute("SELECT * FROM objects WHERE sync = ? ORDER BY key", (sync,)).fetchall()

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import metrics
 from .connectors import Storage, open_connector
 from .exceptions import FlexingestError, ObjectGone, StateError
 from .objects import ObjectInfo
@@ -34,7 +35,8 @@ from .processing import (
     build_steps,
     close_steps,
 )
-from .state import Outcome, State, now_iso
+from .records import now_iso
+from .state import Outcome, State
 from .steps import Step
 
 if TYPE_CHECKING:
@@ -64,6 +66,13 @@ class PassResult:
     def ok(self) -> bool:
         return self.error is None and self.counts.get("failed", 0) == 0 and self.counts.get("dead", 0) == 0
 
+    def log(self, logger: logging.Logger) -> None:
+        """The summary line: INFO when all went well, WARNING when objects failed, ERROR when the pass did."""
+        level = logging.INFO if self.ok else logging.ERROR if self.error else logging.WARNING
+        logger.log(level, self.summary(), extra={"pass": {"sync": self.sync, "seconds": round(self.seconds, 3),
+                                                          "error": self.error, "interrupted": self.interrupted,
+                                                          **self.counts}})
+
     def summary(self) -> str:
         c = self.counts
         skipped = f", skipped {c['skipped']}" if c.get("skipped") else ""
@@ -74,6 +83,9 @@ class PassResult:
                 f"dead {c.get('dead', 0)}, gone {c.get('gone', 0)} in {self.seconds:.1f}s")
         if "missed" in c:
             text += f"; missed by events {c['missed']}"
+        if c.get("after") or c.get("after_failed"):
+            text += f"; after: {c.get('after', 0)} done" + (f", {c['after_failed']} failed"
+                                                           if c.get("after_failed") else "")
         if self.interrupted:
             text += " (stopped early: the rest is processed on the next pass)"
         if self.error:
@@ -112,7 +124,8 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
         if storage is None:
             storage = open_connector(pipeline.connector(sync.connector), pipeline.base_dir)
         if not dry_run:
-            steps, spec = _steps_for(pipeline, sync, storage.name, executor)
+            steps, spec = _steps_for(pipeline, sync, storage.name, executor, state)
+        listing_started = time.monotonic()
         listing_complete = _list(storage, sync, state, stop)
         if not dry_run:  # the first write: after the state's integrity check, run beside the listing
             run_id = state.start_run(sync.name, "pass", started_at, executor=_describe(executor))
@@ -122,6 +135,7 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
         counts["unchanged"] = plan.counts.get("done", 0) + plan.counts.get("ignored", 0)
         counts["filtered"] = plan.counts.get("filtered", 0)
         counts["skipped_dead"] = plan.counts.get("dead", 0)
+        metrics.observe_listing(sync.name, time.monotonic() - listing_started, plan.listed, plan.to_process)
         if not listing_complete and stop is not None and stop.is_set():
             result.interrupted = True
         if dry_run:
@@ -138,16 +152,18 @@ def run_pass(pipeline: Pipeline, sync: Sync, state: State, *, stop: StopToken | 
         if plan.to_process and not result.interrupted:
             log.info("%s: %d to process (%d new, %d changed, %d to retry) of %d listed", sync.name,
                      plan.to_process, counts["new"], counts["changed"], counts["retry"], counts["listed"])
-            committer = Committer(state, sync.name, steps, sync.max_attempts, counts, None)
+            committer = Committer(state, sync.name, steps, sync.max_attempts, counts, None, after=_after(sync))
             processing = _processing(storage, steps, spec, committer, executor, record_as=sync.name,
                                      concurrency=sync.concurrency, total=plan.to_process, stop=stop,
-                                     on_progress=on_progress, redact=redact)
+                                     on_progress=metrics.progress(sync.name, on_progress), redact=redact)
             complete = processing.run(state.planned())
             if processing.breaker.tripped:
                 result.error = redact(processing.breaker.reason or "")
             result.interrupted = result.interrupted or (not complete and not processing.breaker.tripped)
         if listing_complete:
             counts["gone"] += state.mark_gone(sync.name)
+        if sync.after is not None and not result.interrupted:
+            run_after(state, sync, storage, counts, stop)
     except StateError:
         state_failed = True  # the state file itself: not this sync's failure, the whole run's
         raise
@@ -193,10 +209,12 @@ def _list(storage: Storage, sync: Sync, state: State, stop: StopToken | None) ->
 
 def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], *, sync: Sync | None,
                  state: State, stop: StopToken | None = None,
-                 on_progress: ProgressCallback | None = None, executor: Executor | None = None) -> PassResult:
+                 on_progress: ProgressCallback | None = None, executor: Executor | None = None,
+                 storage: Storage | None = None) -> PassResult:
     """``flexingest process``: exactly these keys, now, whatever the state says.
 
     With a sync, outcomes are recorded under it (a later pass will not redo them).
+    ``storage``: the opened connector (the service's); by default it is opened here.
     """
     started = time.monotonic()
     name = sync.name if sync is not None else "process"
@@ -206,8 +224,9 @@ def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], 
     steps: list[Step] = []
     try:
         connector = pipeline.connector(connector_ref)
-        storage = open_connector(connector, pipeline.base_dir)
-        steps, spec = _steps_for(pipeline, sync, connector.name, executor)
+        if storage is None:
+            storage = open_connector(connector, pipeline.base_dir)
+        steps, spec = _steps_for(pipeline, sync, connector.name, executor, state)
         concurrency = sync.concurrency if sync is not None else 8
         infos: list[ObjectInfo] = []
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -224,7 +243,8 @@ def process_keys(pipeline: Pipeline, connector_ref: str | int, keys: list[str], 
         plan = state.plan(name, force=True)
         counts["listed"] = len(infos)
         counts["new"] = plan.to_process
-        committer = Committer(state, name, steps, sync.max_attempts if sync else 3, counts, result.outcomes)
+        committer = Committer(state, name, steps, sync.max_attempts if sync else 3, counts, result.outcomes,
+                              after=_after(sync))
         processing = _processing(storage, steps, spec, committer, executor, record_as=sync.name if sync else None,
                                  concurrency=concurrency, total=plan.to_process, stop=stop,
                                  on_progress=on_progress, redact=redact)
@@ -303,7 +323,7 @@ def process_events(pipeline: Pipeline, sync: Sync, state: State, messages: list[
                     unsettled.add(key)
                     log.warning("%s: %s", sync.name, error)
         if infos:
-            steps, spec = _steps_for(pipeline, sync, storage.name, executor)
+            steps, spec = _steps_for(pipeline, sync, storage.name, executor, state)
             now = time.time()
             state.begin_listing()
             state.add_listing([(*i, sync.skip_reason(i.key, i.size, None if i.modified is None else now - i.modified))
@@ -312,7 +332,7 @@ def process_events(pipeline: Pipeline, sync: Sync, state: State, messages: list[
             counts.update({k: plan.counts.get(k, 0) for k in ("new", "changed", "retry")})
             if plan.to_process:
                 kept: list[Outcome] = []
-                committer = Committer(state, sync.name, steps, sync.max_attempts, counts, kept)
+                committer = Committer(state, sync.name, steps, sync.max_attempts, counts, kept, after=_after(sync))
                 processing = _processing(storage, steps, spec, committer, executor, record_as=sync.name,
                                          concurrency=sync.concurrency, total=plan.to_process, stop=stop,
                                          on_progress=on_progress, redact=redact)
@@ -324,6 +344,8 @@ def process_events(pipeline: Pipeline, sync: Sync, state: State, messages: list[
                     result.error = redact(processing.breaker.reason or "")
                 result.interrupted = not complete and not processing.breaker.tripped
         counts["gone"] += state.mark_keys_gone(sync.name, deleted)
+        if sync.after is not None and not result.interrupted:
+            run_after(state, sync, storage, counts, stop)
         times = [e.time for e in latest.values() if e.time is not None]
         last = max(times) if times else None
         state.note_events(sync.name, len(messages), len(latest),
@@ -349,16 +371,57 @@ def process_events(pipeline: Pipeline, sync: Sync, state: State, messages: list[
     return result
 
 
+def _after(sync: Sync | None) -> str | None:
+    return sync.after.describe() if sync is not None and sync.after is not None else None
+
+
+def run_after(state: State, sync: Sync, storage: Storage, counts: dict[str, int], stop: StopToken | None) -> None:
+    """Carry out the sync's pending ``after:`` actions (see :mod:`flexingest.after`)."""
+    assert sync.after is not None
+    after = sync.after
+    tried: set[str] = set()  # once a pass each: one that fails is tried again by the next pass
+    while not (stop is not None and stop.is_set()):
+        todo = [r for r in state.pending_after(sync.name, 1000 + len(tried)) if r["key"] not in tried]
+        if not todo:
+            return
+        tried.update(r["key"] for r in todo)
+
+        with ThreadPoolExecutor(max_workers=min(sync.concurrency, len(todo))) as pool:
+            done = list(pool.map(lambda row: _act(storage, sync, row), todo))
+        results = [(key, version, error) for key, version, error, _ in done]
+        state.after_settled(sync.name, results)
+        state.mark_keys_gone(sync.name, [key for key, _, _, removed in done if removed])  # deleted or moved
+        failed = [(k, e) for k, _, e in results if e is not None]
+        counts["after"] = counts.get("after", 0) + len(results) - len(failed)
+        counts["after_failed"] = counts.get("after_failed", 0) + len(failed)
+        for key, error in failed[:3]:
+            log.warning("%s: after (%s) %s failed (tried again on the next pass): %s", sync.name,
+                        after.describe(), key, error)
+
+
+def _act(storage: Storage, sync: Sync, row: Any) -> tuple[str, str, str | None, bool]:
+    """One pending action: (key, version, the error or None, whether the object left the bucket)."""
+    from .after import act
+
+    assert sync.after is not None
+    try:
+        what, removed = act(storage, sync.after, row["key"], row["version"], sync.prefix)
+    except FlexingestError as exc:
+        return row["key"], row["version"], str(exc), False
+    log.debug("%s: %s: %s", sync.name, row["key"], what)
+    return row["key"], row["version"], None, removed
+
+
 def _describe(executor: Executor | None) -> str:
     return "threads" if executor is None else executor.describe()
 
 
-def _steps_for(pipeline: Pipeline, sync: Sync | None, connector: str,
-               executor: Executor | None) -> tuple[list[Step], WorkerSpec | None]:
+def _steps_for(pipeline: Pipeline, sync: Sync | None, connector: str, executor: Executor | None,
+               state: State) -> tuple[list[Step], WorkerSpec | None]:
     """The steps this process builds: all of them with threads; with an executor, only those
     that run on the coordinator (the workers build theirs), and the workers' spec."""
     if executor is None:
-        return build_steps(pipeline, sync), None
+        return build_steps(pipeline, sync, state=state), None
     from .executors import WorkerSpec, check_secrets, split_steps
 
     calls = pipeline.steps_for(sync)
@@ -367,7 +430,7 @@ def _steps_for(pipeline: Pipeline, sync: Sync | None, connector: str,
     spec = WorkerSpec(str(pipeline.path.resolve()), pipeline.path.read_text(encoding="utf-8"),
                       sync.name if sync is not None else None, connector, sync.name if sync is not None else None,
                       on_workers)
-    return build_steps(pipeline, sync, start=on_workers), spec
+    return build_steps(pipeline, sync, start=on_workers, state=state), spec
 
 
 def _processing(storage: Storage, steps: list[Step], spec: WorkerSpec | None, committer: Committer,

@@ -143,10 +143,10 @@ def issue_from_pydantic(error: Mapping[str, Any], data: Any, walker: _Walker,
     elif etype == "union_tag_invalid":
         display = (*loc, "type")
         mark = walker.value_marks.get(display, mark)
-        message = f"unknown connector type {ctx.get('tag')!r} (known: azure_blob, gcs, local, s3)"
+        message = f"unknown connector type {ctx.get('tag')!r} (known: {', '.join(_connector_types())})"
     elif etype == "union_tag_not_found":
         display = (*loc, "type")
-        message = "required field missing (one of azure_blob, gcs, local, s3)"
+        message = f"required field missing (one of {', '.join(_connector_types())})"
     elif etype in ("literal_error", "enum"):
         message = f"{message[0].lower()}{message[1:]}, got {error.get('input')!r}"
     elif etype == "value_error":
@@ -156,6 +156,12 @@ def issue_from_pydantic(error: Mapping[str, Any], data: Any, walker: _Walker,
     if loc and str(loc[-1]) in _secret_fields():
         message = message.split(", got ")[0]  # never echo a secret value
     return ConfigIssue(walker.file, mark[0], mark[1], field_path(display), message)
+
+
+def _connector_types() -> tuple[str, ...]:
+    from .connectors import CONNECTOR_TYPES
+
+    return CONNECTOR_TYPES
 
 
 def _secret_fields() -> frozenset[str]:
@@ -261,6 +267,13 @@ def reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue]
                     + f" (known: {', '.join(names)})")
         if s.get("steps") is None and not top_steps:
             add(("syncs", i), "no steps: give this sync 'steps' or declare top-level 'steps'")
+        after = s.get("after")
+        if isinstance(after, dict) and isinstance(after.get("move_to"), str) and "://" in after["move_to"]:
+            found = configs.get(ref) if isinstance(ref, (str, int)) and not isinstance(ref, bool) else None
+            if found is not None and isinstance(found[0], str):
+                problem = destination_url_problem(after["move_to"], str(ref), found[0])
+                if problem:
+                    add(("syncs", i, "after", "move_to"), problem)
         if s.get("events") is not None and isinstance(ref, (str, int)) and not isinstance(ref, bool):
             from .events import events_problems
 
@@ -289,15 +302,27 @@ def reference_issues(data: dict[str, Any], walker: _Walker) -> list[ConfigIssue]
     return issues
 
 
+def model_issues(pipeline: Any, walker: _Walker) -> list[ConfigIssue]:
+    """Checks that need the validated models: an ``after: {move_to}`` that would loop."""
+    issues = []
+    for i, sync in enumerate(pipeline.syncs):
+        problem = sync.after_loops()
+        if problem:
+            loc: Loc = ("syncs", i, "after", "move_to")
+            line, col = walker.value_marks.get(loc, (0, 0))
+            issues.append(ConfigIssue(walker.file, line, col, field_path(loc), problem))
+    return issues
+
+
 def destination_url_problem(url: str, connector: str, kind: Any) -> str | None:
     """Why ``url`` cannot be a destination opened with ``connector``'s credentials, or None.
 
     A path inside the connector's bucket, or a URL of the connector's own kind (another
     bucket of the same store); never a URL of another store."""
-    from .config import URL_SCHEMES
+    from .connectors import CONNECTOR_TYPES, url_schemes
 
     scheme = url.split("://", 1)[0] if "://" in url else None
-    schemes = URL_SCHEMES.get(kind, ()) if isinstance(kind, str) else ()
+    schemes = url_schemes(kind) if kind in CONNECTOR_TYPES else ()
     if scheme is None or not schemes or scheme in schemes:
         return None
     return (f"{scheme}:// is not a place in connector {connector!r} ({kind}): give a path inside its "

@@ -268,18 +268,26 @@ def start_fake_gcs(pubsub: Server | None = None, topic: str | None = None) -> Se
 
 def start_azurite() -> Server:
     """Azurite's blob service from tests/emulators/node_modules, in memory."""
-    if not AZURITE_BIN.exists():
+    return _start_azurite("blob", AZURITE_BIN)
+
+
+def start_azurite_queue() -> Server:
+    """Azurite's queue service from tests/emulators/node_modules, in memory."""
+    return _start_azurite("queue", AZURITE_QUEUE_BIN)
+
+
+def _start_azurite(service: str, binary: pathlib.Path) -> Server:
+    if not binary.exists():
         raise RuntimeError(
-            f"Azurite is not installed ({AZURITE_BIN} is missing). Run `make test`, or "
+            f"Azurite is not installed ({binary} is missing). Run `make test`, or "
             "`npm install --prefix tests/emulators --no-audit --no-fund` from the repository root."
         )
-    binary = str(AZURITE_BIN)
 
     def command(port: int) -> list[str]:
         return [
-            binary,
-            "--blobHost", "127.0.0.1",
-            "--blobPort", str(port),
+            str(binary),
+            f"--{service}Host", "127.0.0.1",
+            f"--{service}Port", str(port),
             "--inMemoryPersistence",
             "--skipApiVersionCheck",
             "--disableTelemetry",
@@ -289,36 +297,7 @@ def start_azurite() -> Server:
     # An unauthenticated list answers 403; the Server header tells Azurite from a stranger.
     # cwd: Azurite may drop debug/extent files in its working folder; keep them out of the repo.
     return _start(
-        "azure_blob",
-        command,
-        f"/{AZURITE_ACCOUNT}?comp=list",
-        lambda status, headers: headers.get("Server", "").startswith("Azurite"),
-        cwd=tempfile.gettempdir(),
-    )
-
-
-def start_azurite_queue() -> Server:
-    """Azurite's queue service from tests/emulators/node_modules, in memory."""
-    if not AZURITE_QUEUE_BIN.exists():
-        raise RuntimeError(
-            f"Azurite is not installed ({AZURITE_QUEUE_BIN} is missing). Run `make test`, or "
-            "`npm install --prefix tests/emulators --no-audit --no-fund` from the repository root."
-        )
-    binary = str(AZURITE_QUEUE_BIN)
-
-    def command(port: int) -> list[str]:
-        return [
-            binary,
-            "--queueHost", "127.0.0.1",
-            "--queuePort", str(port),
-            "--inMemoryPersistence",
-            "--skipApiVersionCheck",
-            "--disableTelemetry",
-            "--silent",
-        ]  # fmt: skip
-
-    return _start(
-        "azure_queue",
+        "azure_blob" if service == "blob" else "azure_queue",
         command,
         f"/{AZURITE_ACCOUNT}?comp=list",
         lambda status, headers: headers.get("Server", "").startswith("Azurite"),

@@ -16,6 +16,7 @@ import sys
 import time
 import unicodedata
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,7 +62,8 @@ def test_kill_9_at_random_points(kind: str, rounds: int, n: int, new_store: Call
                             "def jitter(record):\n    time.sleep(random.random() * 0.01)\n    return record\n")
     path = write_pipeline(connector_for(store), steps=[{"python": {"callable": f"{hook}:jitter"}},
                                                        {"write_json": {"url": str(out_json)}},
-                                                       {"copy": {"url": str(out_copy)}}],
+                                                       {"copy": {"url": str(out_copy)}},
+                                                       {"write_jsonl": {"path": str(tmp_path / "all.jsonl")}}],
                           syncs=[{"name": "docs", "connector": "docs", "concurrency": 8}])
     state_path = path.parent / ".flexingest" / "pipeline.db"
     started = time.monotonic()
@@ -87,6 +89,10 @@ def test_kill_9_at_random_points(kind: str, rounds: int, n: int, new_store: Call
     assert copies == contents, "each copy exists once, with the latest bytes, no partial or temp file"
     records = files(out_json)
     assert sorted(records) == sorted(f"{k}.json" for k in contents), "one record per object, duplicates = 0"
+    lines = [json.loads(line) for line in (tmp_path / "all.jsonl").read_bytes().decode().splitlines()]
+    seen = Counter((r["key"], r["version"]) for r in lines)
+    assert max(seen.values()) == 1, f"write_jsonl: a line repeated after a kill -9: {seen.most_common(3)}"
+    assert {(k, r["version"]) for k, r in rows.items()} <= set(seen), "each object's line, once"
     with sqlite3.connect(state_path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     print(f"\nkill -9 soak [{kind}]: rounds={rounds} objects={len(contents)} lost=0 duplicates=0 "

@@ -204,7 +204,46 @@ def test_a_closed_jsonl_step_never_reopens_its_file(tmp_path: Path) -> None:
     record = {"key": "a.txt", "text": "a"}
     source = Source(None, ObjectInfo("a.txt", "1", 1, None))  # type: ignore[arg-type]
     step.process(dict(record), source)
+    with step.committing([("a.txt", "1", "done")]) as lengths:
+        assert lengths == {str(tmp_path / "out.jsonl"): len((tmp_path / "out.jsonl").read_bytes())}
     step.close()
     with pytest.raises(StepError, match="the pass has ended"):
         step.process(dict(record), source)
     assert [json.loads(line)["key"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == ["a.txt"]
+
+
+def test_jsonl_lines_of_objects_that_fail_later_or_are_not_committed_are_never_written(
+        new_store: Callable[[str], Store], write_pipeline: Callable[..., Path], tmp_path: Path) -> None:
+    store = new_store("local")
+    store.put_many({"a.txt": b"a", "b.txt": b"b"})
+    (tmp_path / "failer.py").write_text("def step(record):\n    if record['key'] == 'b.txt':\n"
+                                        "        raise ValueError('b fails after its line was made')\n"
+                                        "    return record\n")
+    out = tmp_path / "all.jsonl"
+    path = write_pipeline(connector_for(store), steps=[{"write_jsonl": {"path": str(out)}},
+                                                       {"python": {"callable": "failer:step"}}],
+                          syncs=[{"name": "docs", "connector": "docs"}])
+    assert run_flexingest("run", path, "--once").code == 1
+    assert [json.loads(line)["key"] for line in out.read_text().splitlines()] == ["a.txt"]
+
+
+def test_jsonl_lines_written_after_the_last_commit_are_cut_on_the_next_open(
+        new_store: Callable[[str], Store], write_pipeline: Callable[..., Path], tmp_path: Path) -> None:
+    """What a process that died between its append and its commit leaves is cut, and its
+    objects' lines are written again, once."""
+    store = new_store("local")
+    store.put_many({"a.txt": b"a", "b.txt": b"b"})
+    out = tmp_path / "all.jsonl"
+    path = write_pipeline(connector_for(store), steps=[{"write_jsonl": {"path": str(out)}}],
+                          syncs=[{"name": "docs", "connector": "docs"}])
+    assert run_flexingest("run", path, "--once").code == 0
+    committed = out.read_bytes()
+    with open(out, "ab") as f:  # exactly what a kill -9 after the append, before the commit, leaves
+        f.write(b'{"key": "c.txt", "half": true}\n{"key": "c.t')
+    store.put("c.txt", b"c")
+    again = run_flexingest("run", path, "--once")
+    assert again.code == 0, again.stderr
+    assert "cut" in again.stderr and "written after the last commit" in again.stderr
+    assert out.read_bytes().startswith(committed)
+    assert [json.loads(line)["key"] for line in out.read_text().splitlines()] == ["a.txt", "b.txt", "c.txt"] or \
+        sorted(json.loads(line)["key"] for line in out.read_text().splitlines()) == ["a.txt", "b.txt", "c.txt"]

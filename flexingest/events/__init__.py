@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ..exceptions import FlexingestError
+from ..models import AwsCredentials
 from ..units import Duration
 
 if TYPE_CHECKING:
@@ -115,25 +116,15 @@ def _span(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def _both_or_neither(model: BaseModel, a: str, b: str) -> None:
-    if (getattr(model, a) is None) != (getattr(model, b) is None):
-        raise ValueError(f"'{a}' and '{b}' go together: give both or neither")
-
-
 _SQS_URL = re.compile(r"^https?://[^/\s]+/[^/\s]+/[^/\s]+/?$")
 
 
-class SQSEvents(EventsBase):
+class SQSEvents(EventsBase, AwsCredentials):
     """S3 notifications in an SQS queue: direct, through SNS (raw or not), or through EventBridge."""
 
     type: Literal["sqs"]
     queue_url: str = Field(description="e.g. https://sqs.us-east-1.amazonaws.com/123456789012/contracts-events")
     region: str | None = Field(None, description="default: the queue URL's region, else the connector's")
-    aws_access_key_id: SecretStr | None = None
-    aws_secret_access_key: SecretStr | None = None
-    aws_session_token: SecretStr | None = None
-    profile: str | None = Field(None, description="a profile of the shared AWS config files")
-    role_arn: str | None = Field(None, description="assume this role with the credentials above")
 
     @field_validator("queue_url")
     @classmethod
@@ -145,15 +136,8 @@ class SQSEvents(EventsBase):
 
     @model_validator(mode="after")
     def _sqs(self) -> SQSEvents:
-        _both_or_neither(self, "aws_access_key_id", "aws_secret_access_key")
-        if self.aws_session_token is not None and self.aws_access_key_id is None:
-            raise ValueError("'aws_session_token' needs 'aws_access_key_id' and 'aws_secret_access_key'")
-        if self.profile is not None and self.aws_access_key_id is not None:
-            raise ValueError("give either 'profile' or access keys, not both")
+        self.check_credentials()
         return self
-
-    def own_credentials(self) -> bool:
-        return any(v is not None for v in (self.aws_access_key_id, self.profile, self.role_arn))
 
 
 _SUBSCRIPTION = re.compile(r"^projects/[^/\s]+/subscriptions/[^/\s]+$")

@@ -24,7 +24,7 @@ from .base import EventSource, Message
 from .messages import parse_azure_queue
 
 if TYPE_CHECKING:
-    from ..config import ConnectorBase
+    from ..models import ConnectorBase
     from . import AzureQueueEvents
 
 MAX_VISIBILITY = 7 * 86400  # seconds: Azure's longest
@@ -59,7 +59,7 @@ class AzureQueueSource(EventSource):
     def _endpoint_and_credential(self) -> tuple[str, Any]:
         """The queue service URL and the credential, from the events block's settings or the connector's."""
         c = self.config
-        base: Any = self.connector.config  # type: ignore[attr-defined]
+        base: Any = self.connector.config
         ours = base.account_name or account_from_url(base.account_url)
         same_account = c.account_name is None or c.account_name == ours
         names = ("account_key", "sas_token", "connection_string", "anonymous")
@@ -127,7 +127,7 @@ class AzureQueueSource(EventSource):
                 from azure.identity import DefaultAzureCredential
 
                 credential = DefaultAzureCredential()
-            timeout = int(self.connector.config.timeout.total_seconds())  # type: ignore[attr-defined]
+            timeout = int(self.connector.config.timeout.total_seconds())
             with self.errors("connecting"):
                 client: Any = QueueClient(self.account_url, self.queue, credential=credential, connection_timeout=10,
                                      read_timeout=timeout, retry_total=2, message_encode_policy=None,

@@ -27,7 +27,7 @@ from ..exceptions import (
 from .messages import ObjectEvent, Parsed
 
 if TYPE_CHECKING:
-    from ..config import ConnectorBase
+    from ..models import ConnectorBase
     from . import EventsBase
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class EventSource:
         self.config = config
         self.connector = connector
         self.base_dir = base_dir
-        conf: Any = connector.config  # type: ignore[attr-defined]
+        conf: Any = connector.config
         #: the bucket (or container) whose events this source keeps; others are ignored
         self.bucket: str = str(getattr(conf, "bucket", None) or getattr(conf, "container", ""))
         self.wait = config.wait.total_seconds()
@@ -336,12 +336,12 @@ def queue_errors(what: str, *, redact: Callable[[str], str] = lambda s: s) -> It
 
 def translate(exc: Exception, what: str, redact: Callable[[str], str] = lambda s: s) -> EventSourceError:
     """The :class:`EventSourceError` for a client exception (botocore, google.api_core, azure)."""
-    from ..connectors import _first_line, _status_of
-    from ..connectors import translate as translate_storage
+    from ..connectors.errors import error_code, first_line, status_of
+    from ..connectors.errors import translate as translate_storage
     from ..exceptions import AccessDenied, BucketNotFound, EndpointUnreachable, TransientStorageError
 
-    code = _code(exc)
-    detail = redact(_first_line(exc))
+    code = error_code(exc)
+    detail = redact(first_line(exc))
     names = {c.__name__ for c in type(exc).__mro__}
     lowered = detail.lower()
     stale = "receipt handle" in lowered or "not available for visibility" in lowered
@@ -355,7 +355,7 @@ def translate(exc: Exception, what: str, redact: Callable[[str], str] = lambda s
     if "DeadlineExceeded" in names:
         return EventSourceError(f"{what}: no answer in time ({detail})", transient=True)
     storage = translate_storage(exc, what, BucketNotFound, redact)
-    if isinstance(storage, BucketNotFound) or _status_of(exc) == 404:
+    if isinstance(storage, BucketNotFound) or status_of(exc) == 404:
         return QueueNotFound(f"{what}: not found ({detail})")
     if isinstance(storage, AccessDenied):
         return QueueAccessDenied(f"{what}: access denied ({detail})")
@@ -365,22 +365,3 @@ def translate(exc: Exception, what: str, redact: Callable[[str], str] = lambda s
                                                               "TooManyRequests", "ResourceExhausted", "Aborted"}:
         return EventSourceError(f"{what}: {detail}", transient=True)
     return EventSourceError(f"{what}: {detail}")
-
-
-def _code(exc: BaseException) -> str:
-    """The service's error code (SQS's Code, Azure's x-ms-error-code), also behind a wrapper."""
-    seen: BaseException | None = exc
-    for _ in range(4):
-        if seen is None:
-            break
-        response = getattr(seen, "response", None)
-        if isinstance(response, dict):
-            error = response.get("Error", {})
-            for field in ("Code", "QueryErrorCode"):
-                if error.get(field):
-                    return str(error[field])
-        code = getattr(seen, "error_code", None)
-        if code:
-            return str(getattr(code, "value", code))
-        seen = seen.__cause__ or seen.__context__
-    return ""

@@ -5,7 +5,7 @@ is not used, because its lease management would extend and settle messages on it
 Each pulled batch gets ``visibility_timeout`` as its ack deadline at once (the
 subscription's own deadline is often 10 s).
 
-Credentials are the connector's, as :class:`flexingest.connectors.GCSStorage` builds them
+Credentials are the connector's, as :class:`flexingest.connectors.gcs.GCSStorage` builds them
 (a service-account key, anonymous, or application default credentials), scoped for
 Pub/Sub, unless the ``events:`` block gives its own. An ``endpoint_url`` of ``http://``
 (emulators) or ``PUBSUB_EMULATOR_HOST`` in the environment means a plain channel without
@@ -24,7 +24,7 @@ from .base import EventSource, Message
 from .messages import parse_pubsub
 
 if TYPE_CHECKING:
-    from ..config import ConnectorBase
+    from ..models import ConnectorBase
     from . import PubSubEvents
 
 PUBSUB_SCOPE = "https://www.googleapis.com/auth/pubsub"
@@ -40,7 +40,7 @@ class PubSubSource(EventSource):
 
     def __init__(self, config: PubSubEvents, connector: ConnectorBase, base_dir: Path) -> None:
         super().__init__(config, connector, base_dir)
-        project = getattr(connector.config, "project", None)  # type: ignore[attr-defined]
+        project = getattr(connector.config, "project", None)
         subscription = config.subscription_path(project)
         if subscription is None:
             raise FlexingestError(f"events of sync on connector {connector.name!r}: the subscription "
@@ -64,10 +64,10 @@ class PubSubSource(EventSource):
         """The connector's credentials as GCSStorage derives them (or the events block's), for Pub/Sub."""
         from google.auth.credentials import AnonymousCredentials
 
-        from ..connectors import GCSStorage
+        from ..connectors.gcs import GCSStorage
 
         c = self.config
-        base: Any = self.connector.config  # type: ignore[attr-defined]
+        base: Any = self.connector.config
         # the storage endpoint is not Pub/Sub's: only the credentials carry over
         base = base.model_copy(update={"endpoint_url": None})
         if c.own_credentials():

@@ -1,7 +1,7 @@
 """S3 notifications from an SQS queue (direct, through SNS, or through EventBridge).
 
 The client is aiobotocore's, on fsspec's I/O loop (the one s3fs uses), built from the same
-session and credentials as the connector's bucket (:class:`flexingest.connectors.S3Storage`):
+session and credentials as the connector's bucket (:class:`flexingest.connectors.s3.S3Storage`):
 keys, session token, profile, an assumed role that refreshes, or the standard AWS chain.
 The ``events:`` block may give its own credentials instead; its region defaults to the queue
 URL's. A queue URL that does not name an AWS host (moto, LocalStack, ElasticMQ) is also the
@@ -22,8 +22,8 @@ from .base import EventSource, Message, translate
 from .messages import parse_sqs
 
 if TYPE_CHECKING:
-    from ..config import ConnectorBase
-    from ..connectors import S3Storage
+    from ..connectors.s3 import S3Storage
+    from ..models import ConnectorBase
     from . import SQSEvents
 
 _REGION = re.compile(r"(?:^|\.)(?:sqs[.-]([a-z0-9-]+)|([a-z0-9-]+)\.queue)\.amazonaws\.com(?:\.cn)?$")
@@ -65,10 +65,10 @@ class SQSSource(EventSource):
     def _credentials_storage(self) -> S3Storage:
         """An S3Storage whose settings are the queue's: the connector's credentials (or the events
         block's own), the queue's region and endpoint. Only its session and options are used."""
-        from ..connectors import S3Storage
+        from ..connectors.s3 import S3Storage
 
         c = self.config
-        base: Any = self.connector.config  # type: ignore[attr-defined]
+        base: Any = self.connector.config
         update: dict[str, Any] = {
             "region": c.region or queue_region(c.queue_url) or base.region or "us-east-1",
             "endpoint_url": c.endpoint_url or queue_endpoint(c.queue_url),

@@ -19,6 +19,7 @@ sends each pair through the steps after it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import threading
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, P
 
 from pydantic import BaseModel, ConfigDict
 
+from .. import metrics
 from ..exceptions import FlexingestError, ObjectSkipped, PluginError, StepError
 
 if TYPE_CHECKING:
@@ -71,6 +73,13 @@ class StepContext:
     open_destination: Callable[[str, str | None], tuple[AbstractFileSystem, str]] = field(
         default=lambda url, connector: _default_destination(url)
     )
+    #: ``(path, its size now) -> its length as of the last commit of the state`` (``write_jsonl``:
+    #: what a crash wrote after it is cut when the file is opened again); a file the state does
+    #: not know yet is recorded with its size now.
+    committed_length: Callable[[str, int], int] = field(default=lambda path, size: size)
+
+#: What a commit records of each object: ``(key, version, status)``.
+Settled = tuple[str, str, str]
 
 
 class Step:
@@ -84,6 +93,8 @@ class Step:
     #: where the step may run with a process or Dask executor: "worker" (per object, anywhere), or
     #: "coordinator" (it appends to one shared output); it and the steps after it run on the coordinator
     runs_on: ClassVar[str] = "worker"
+    #: the name it is registered under (set when built from a pipeline file), for metrics
+    step_name: str = ""
 
     def __init__(self, options: StepOptions, context: StepContext) -> None:
         self.options = options
@@ -95,6 +106,14 @@ class Step:
 
     def flush(self) -> None:
         """Make everything written so far durable. Called before objects are recorded done."""
+
+    @contextlib.contextmanager
+    def committing(self, settled: Sequence[Settled]) -> Iterator[dict[str, int]]:
+        """Around the commit of a batch of outcomes: make outputs durable, and yield the
+        lengths of output files to record with the batch, in the same transaction. The
+        default calls :meth:`flush` and records nothing."""
+        self.flush()
+        yield {}
 
     def close(self) -> None:
         """Release what the step holds. Called once, after its last ``process``."""
@@ -152,7 +171,8 @@ def run_steps(steps: Sequence[Step], record: Record, source: Source | ObjectSour
 def _run(steps: Sequence[Step], start: int, record: Record, source: Any) -> list[Record]:
     for index in range(start, len(steps)):
         step = steps[index]
-        result = step.process(record, source)
+        with metrics.timed_step(step.step_name or type(step).__name__, record.get("sync")):
+            result = step.process(record, source)
         if isinstance(result, Fanout):
             out: list[Record] = []
             try:
@@ -183,7 +203,9 @@ class StepCall:
     options: StepOptions
 
     def build(self, context: StepContext) -> Step:
-        return step_class(self.name)(self.options, context)
+        step = step_class(self.name)(self.options, context)
+        step.step_name = self.name
+        return step
 
 
 _lock = threading.Lock()
