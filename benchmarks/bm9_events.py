@@ -388,8 +388,9 @@ def main() -> int:
                      f"(from the figures above: {1000 * cost['cpu']:.1f} ms of flexingest CPU and "
                      f"{1000 * cost['wall']:.0f} ms of wall per 1,000 keys listed and diffed, "
                      f"{idle:.4f} cores while idle on events with wait 1s)",
-                     ["mode", "LIST requests/day", "SQS requests/day", "flexingest CPU s/day (listing, idle)",
-                      "listing hours/day (moto wall)", "CPU s/day processing the new objects"], rows)
+                     ["mode", "LIST requests/day", "SQS requests/day (wait 20s)",
+                      "flexingest CPU s/day (listing, idle)", "listing hours/day (moto wall)",
+                      "CPU s/day processing the new objects"], rows)
         report.emit(f"LIST requests saved: {five - daily:,} a day ({100 * (five - daily) / five:.1f} %). SQS: one "
                     f"long poll per {SQS_LONG_POLL} s when idle (the default wait; with wait 1s as here, "
                     f"{86400:,}), plus about one receive and one delete per batch of new objects "
