@@ -10,6 +10,9 @@ Quick defaults (about 25 minutes on a 2-core machine, each script well under 10 
     bm4_large_object.py   --size-mb 512
     bm6_extract.py        --max-pdfs 80
     bm7_read_path.py      --repeat 1
+    bm8_executors.py      --repeat 1 --io-count 3000 --list-local 20000
+    bm9_events.py         --rates 10,100 --duration 15 --repeat 1
+    bm3_fsync.py          --count 3000 --repeat 1
 
 ``--full`` runs each with the sizes of issue 6 instead (hours: moto serves ~400 requests/s).
 Each script's output is saved to ``benchmarks/results/<name>-<date>.txt`` (``--no-save`` to skip).
@@ -37,6 +40,9 @@ QUICK = {
     "bm4": ["--size-mb", "512"],
     "bm6": ["--max-pdfs", "80"],
     "bm7": ["--repeat", "1"],
+    "bm8": ["--repeat", "1", "--io-count", "3000", "--list-local", "20000"],
+    "bm9": ["--rates", "10,100", "--duration", "15", "--repeat", "1"],
+    "fsync": ["--count", "3000", "--repeat", "1"],
 }
 SCRIPTS = {
     "startup": "startup.py",
@@ -47,6 +53,9 @@ SCRIPTS = {
     "bm5": "bm5_state.py",
     "bm6": "bm6_extract.py",
     "bm7": "bm7_read_path.py",
+    "bm8": "bm8_executors.py",
+    "bm9": "bm9_events.py",
+    "fsync": "bm3_fsync.py",
 }
 
 
