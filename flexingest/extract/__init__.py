@@ -77,6 +77,8 @@ class Extracted:
 
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: the text went through :func:`join_pages` (cleaned already)
+    cleaned: bool = False
 
 
 Reader = Callable[[IO[bytes], Settings], Extracted]
@@ -118,7 +120,8 @@ def extract(stream: IO[bytes], key: str, settings: Settings, *, content_type: st
             "it is read whole: raise max_bytes in the step options to extract it")
     stream.seek(0)
     result = reader(kind)(stream, settings)
-    result.text = clean(result.text)
+    if not result.cleaned:
+        result.text = clean(result.text)
     result.metadata = {"type": kind, **result.metadata}
     return result
 
@@ -137,6 +140,7 @@ class UnsupportedType(Exception):
 # lone surrogates: what unmapped glyphs and binary junk leave in extracted text
 _JUNK = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufffe\uffff\ud800-\udfff]")
 _LIGATURES = re.compile("[\ufb00-\ufb4f]")  # alphabetic presentation forms: ﬁ ﬂ ﬀ ﬃ ﬄ ﬅ ﬆ ...
+_VISIBLE = re.compile("[^\\s\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufffe\uffff\ud800-\udfff]")
 
 
 def clean(text: str) -> str:
@@ -146,6 +150,11 @@ def clean(text: str) -> str:
     text = text.replace("\x0c", "\n").replace("\x0b", "\n")
     text = _LIGATURES.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
     return _JUNK.sub("", text)
+
+
+def blank(text: str) -> bool:
+    """Nothing but white space and the junk :func:`clean` removes (a page to OCR)."""
+    return _VISIBLE.search(text) is None
 
 
 def clean_value(value: Any) -> Any:

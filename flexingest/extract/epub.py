@@ -58,4 +58,4 @@ def read_epub(stream: IO[bytes], settings: Settings) -> Extracted:
                     break
     text, offsets = join_pages(chapters)
     metadata.update({"chapters": len(chapters), "page_offsets": offsets})
-    return Extracted(text, metadata)
+    return Extracted(text, metadata, cleaned=True)

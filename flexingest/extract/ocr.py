@@ -103,7 +103,7 @@ def read_image(stream: IO[bytes], settings: Settings) -> Extracted:
 
     joined, offsets = join_pages(pages)
     return Extracted(joined, {"ocr": True, "ocr_pages": list(range(1, len(pages) + 1)), "pages": len(pages),
-                              "page_offsets": offsets, "ocr_languages": settings.ocr_languages})
+                              "page_offsets": offsets, "ocr_languages": settings.ocr_languages}, cleaned=True)
 
 
 def write_pgm(path: str, width: int, height: int, stride: int, buffer: memoryview) -> None:

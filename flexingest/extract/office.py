@@ -165,7 +165,7 @@ def read_xlsx(stream: IO[bytes], settings: Settings) -> Extracted:
                 break
     text, offsets = join_pages(pages)
     metadata.update({"sheets": [clean_value(n) for n in names], "page_offsets": offsets})
-    return Extracted(text, metadata)
+    return Extracted(text, metadata, cleaned=True)
 
 
 def _shared_strings(zf: zipfile.ZipFile, rels: dict[str, tuple[str, str]]) -> list[str]:
@@ -282,7 +282,7 @@ def read_pptx(stream: IO[bytes], settings: Settings) -> Extracted:
                 break
     text, offsets = join_pages(slides)
     metadata.update({"slides": len(slides), "notes": notes_count, "page_offsets": offsets})
-    return Extracted(text, metadata)
+    return Extracted(text, metadata, cleaned=True)
 
 
 def _drawing_text(root: ElementTree.Element, skip_placeholders: tuple[str, ...] = ()) -> str:

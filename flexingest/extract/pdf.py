@@ -8,14 +8,16 @@ released, so OCR of one document does not stop the others from being parsed.
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import shutil
 import tempfile
 import threading
 from typing import IO, Any
 
 from ..exceptions import UnprocessableObject
-from . import Extracted, Settings, clean, clean_value, join_pages
+from . import Extracted, Settings, blank, clean, clean_value, join_pages
 
 LOCK = threading.Lock()
 MAX_PIXELS = 60_000_000  # a rendered page for OCR: about A0 at 300 dpi
@@ -31,10 +33,11 @@ def read_pdf(stream: IO[bytes], settings: Settings) -> Extracted:
     pages: list[str] = []
     to_ocr: list[tuple[int, str]] = []
     metadata: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="flexingest-pdf-") as tmp:
+    tmp: str | None = None
+    try:
         with LOCK:
             try:
-                doc = pdfium.PdfDocument(stream, password=settings.password, autoclose=False)
+                doc = pdfium.PdfDocument(_input(stream), password=settings.password, autoclose=False)
             except pdfium.PdfiumError as exc:
                 raise _open_error(exc, settings) from None
             try:
@@ -54,11 +57,12 @@ def read_pdf(stream: IO[bytes], settings: Settings) -> Extracted:
                         if settings.ocr != "always":
                             textpage = page.get_textpage()
                             try:
-                                text = clean(textpage.get_text_bounded().replace("\x02", ""))
+                                text = textpage.get_text_bounded().replace("\x02", "")
                             finally:
                                 textpage.close()
-                        if settings.ocr != "never" and not text.strip() and (
+                        if settings.ocr != "never" and blank(text) and (
                                 settings.ocr == "always" or pdfium_c.FPDFPage_CountObjects(page.raw) > 0):
+                            tmp = tmp or tempfile.mkdtemp(prefix="flexingest-pdf-")  # only for OCR
                             path = os.path.join(tmp, f"page-{index + 1}.pgm")
                             _render(page, path, settings)
                             to_ocr.append((index, path))
@@ -81,9 +85,20 @@ def read_pdf(stream: IO[bytes], settings: Settings) -> Extracted:
                 os.unlink(path)
             metadata["ocr_pages"] = [index + 1 for index, _ in to_ocr]
             metadata["ocr_languages"] = settings.ocr_languages
-    text, offsets = join_pages(pages)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    text, offsets = join_pages(pages)  # cleaned here, once
     metadata["page_offsets"] = offsets
-    return Extracted(text, metadata)
+    return Extracted(text, metadata, cleaned=True)
+
+
+def _input(stream: IO[bytes]) -> Any:
+    """An object read whole (below ``Source.SMALL``) as bytes: PDFium reads memory without
+    a Python callback per block. A larger one streams (the version read stays the one noted)."""
+    if isinstance(stream, io.BytesIO):
+        return stream.getvalue()
+    return stream
 
 
 def _open_error(exc: Exception, settings: Settings) -> UnprocessableObject:
