@@ -1,6 +1,6 @@
 """Measuring a command together with every process it starts (BM-8, BM-9).
 
-``_common.measure`` reports ``getrusage(RUSAGE_CHILDREN)`` of a wrapper: exact for a command
+``_measure.measure`` reports ``getrusage(RUSAGE_CHILDREN)`` of a wrapper: exact for a command
 that waits for its own children, but a process pool or a Dask cluster may leave workers that
 nobody waits for, whose CPU would then be lost. Here the wrapper makes itself a *child
 subreaper* (``prctl(PR_SET_CHILD_SUBREAPER)``), so that every orphaned descendant is
@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from _common import Server, command_line, cpu_seconds, system_busy_seconds
+from _measure import command_line, cpu_seconds, system_busy_seconds
+from _setup import Server
 
 _WRAPPER = r"""
 import ctypes, json, os, resource, signal, subprocess, sys, time

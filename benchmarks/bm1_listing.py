@@ -28,42 +28,39 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _measure import (  # noqa: E402
+    Measurement,
+    Peers,
+    best,
+    expect_counts,
+    flexingest_argv,
+    measure,
+    py_spy_profile,
+    repeat,
+    run_flexingest,
+    summary_counts,
+    wait_quiet,
+)
+from _report import Report, fmt_count, fmt_mb, fmt_ratio, fmt_s, machine_info  # noqa: E402
+from _setup import (  # noqa: E402
     BACKEND_KINDS,
     PYTHON,
     SERVER_NAMES,
-    Measurement,
-    Peers,
-    Report,
     base_parser,
-    best,
     clean_env,
     connector_config,
     ensure_peers,
-    expect_counts,
     fill,
-    flexingest_argv,
-    fmt_count,
-    fmt_mb,
-    fmt_ratio,
-    fmt_s,
     int_list,
     key_name,
     kinds_list,
     log,
-    machine_info,
     make_local_files,
-    measure,
     new_store,
     noop_steps,
     payload,
-    py_spy_profile,
-    repeat,
-    run_flexingest,
     start_server,
     state_path,
-    summary_counts,
-    wait_quiet,
     write_pipeline,
 )
 
@@ -178,7 +175,7 @@ def main() -> int:
     args = parser.parse_args()
     wait_quiet(args.wait_quiet)
 
-    from _common import workdir
+    from _setup import workdir
 
     work = workdir("bm1", args.keep)
     versions = ensure_peers(("rclone", "aws", "s5cmd"))

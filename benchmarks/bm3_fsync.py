@@ -34,25 +34,23 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _measure import expect_counts, wait_quiet  # noqa: E402
+from _report import Report, machine_info  # noqa: E402
+from _setup import (  # noqa: E402
     FLEXINGEST,
     REPO,
     KiB,
-    Report,
     base_parser,
     clean_env,
     connector_config,
     count_files,
-    expect_counts,
     fill,
     key_name,
     log,
-    machine_info,
     make_local_files,
     new_store,
     payload,
     start_server,
-    wait_quiet,
     workdir,
     write_pipeline,
 )

@@ -25,35 +25,32 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
-    PYTHON,
-    KiB,
+from _measure import (  # noqa: E402
     Measurement,
     Peers,
-    Report,
+    expect_counts,
+    flexingest_argv,
+    measure,
+    py_spy_profile,
+    run_flexingest,
+    wait_quiet,
+)
+from _report import Report, fmt_count, fmt_mb, fmt_ratio, fmt_s, machine_info  # noqa: E402
+from _setup import (  # noqa: E402
+    PYTHON,
+    KiB,
     base_parser,
     clean_env,
     connector_config,
     count_files,
     ensure_peers,
-    expect_counts,
     fill,
-    flexingest_argv,
-    fmt_count,
-    fmt_mb,
-    fmt_ratio,
-    fmt_s,
     int_list,
     key_name,
     log,
-    machine_info,
-    measure,
     new_store,
     payload,
-    py_spy_profile,
-    run_flexingest,
     start_server,
-    wait_quiet,
     workdir,
     write_pipeline,
 )

@@ -23,29 +23,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _measure import (  # noqa: E402
     Measurement,
-    MiB,
     Peers,
-    Report,
+    expect_counts,
+    flexingest_argv,
+    measure,
+    py_spy_profile,
+    run_flexingest,
+    wait_quiet,
+)
+from _report import Report, fmt_mb, fmt_ratio, fmt_s, machine_info  # noqa: E402
+from _setup import (  # noqa: E402
+    MiB,
     base_parser,
     clean_env,
     connector_config,
     ensure_peers,
-    expect_counts,
-    flexingest_argv,
-    fmt_mb,
-    fmt_ratio,
-    fmt_s,
     int_list,
     log,
-    machine_info,
-    measure,
     new_store,
-    py_spy_profile,
-    run_flexingest,
     start_server,
-    wait_quiet,
     workdir,
     write_pipeline,
 )

@@ -30,23 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
-    PYTHON,
-    Report,
-    base_parser,
-    clean_env,
-    fmt_count,
-    fmt_mb,
-    fmt_s,
-    int_list,
-    key_name,
-    log,
-    machine_info,
-    measure,
-    py_spy_profile,
-    wait_quiet,
-    workdir,
-)
+from _measure import measure, py_spy_profile, wait_quiet  # noqa: E402
+from _report import Report, fmt_count, fmt_mb, fmt_s, machine_info  # noqa: E402
+from _setup import PYTHON, base_parser, clean_env, int_list, key_name, log, workdir  # noqa: E402
 
 SYNC = "bench"
 PAGE = 1000

@@ -38,7 +38,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from _common import PYTHON, REPO, Report, base_parser, log, machine_info, wait_quiet, workdir
+from _measure import wait_quiet
+from _report import Report, machine_info
+from _setup import PYTHON, REPO, base_parser, log, workdir
 
 REFERENCE_LIBS = ["pypdf==7.1.1", "python-docx==1.2.0", "python-pptx==1.0.2", "openpyxl==3.1.5", "odfpy==1.4.1",
                   "ebooklib==0.20", "lxml==6.1.3"]

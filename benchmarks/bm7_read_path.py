@@ -33,29 +33,24 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _measure import Measurement, Peers, measure, wait_quiet  # noqa: E402
+from _report import Report, fmt_count, machine_info  # noqa: E402
+from _setup import (  # noqa: E402
     PYTHON,
     SERVER_NAMES,
-    Measurement,
-    Peers,
-    Report,
     base_parser,
     clean_env,
     connector_config,
     count_files,
     ensure_peers,
     fill,
-    fmt_count,
     key_name,
     kinds_list,
     log,
-    machine_info,
-    measure,
     new_store,
     noop_steps,
     payload,
     start_server,
-    wait_quiet,
     workdir,
     write_pipeline,
 )

@@ -49,30 +49,25 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _measure import expect_counts, flexingest_argv, py_spy_profile, summary_counts, wait_quiet  # noqa: E402
+from _report import Report, machine_info  # noqa: E402
+from _setup import (  # noqa: E402
     PYTHON,
     REPO,
     KiB,
-    Report,
     base_parser,
     clean_env,
     connector_config,
     count_files,
-    expect_counts,
     fill,
-    flexingest_argv,
     int_list,
     key_name,
     log,
-    machine_info,
     make_local_files,
     new_store,
     noop_steps,
     payload,
-    py_spy_profile,
     start_server,
-    summary_counts,
-    wait_quiet,
     workdir,
     write_pipeline,
 )

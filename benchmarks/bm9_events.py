@@ -35,27 +35,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _measure import cpu_seconds, expect_counts, summary_counts, system_busy_seconds, wait_quiet  # noqa: E402
+from _report import Report, machine_info  # noqa: E402
+from _setup import (  # noqa: E402
     FLEXINGEST,
     PYTHON,
-    Report,
     base_parser,
     clean_env,
     connector_config,
-    cpu_seconds,
-    expect_counts,
     fill,
     int_list,
     key_name,
     log,
-    machine_info,
     new_store,
     noop_steps,
     payload,
     start_server,
-    summary_counts,
-    system_busy_seconds,
-    wait_quiet,
     workdir,
     write_pipeline,
 )

@@ -24,20 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
-    FLEXINGEST,
-    PYTHON,
-    REPO,
-    Measurement,
-    Report,
-    base_parser,
-    clean_env,
-    compile_flexingest,
-    fmt_mb,
-    machine_info,
-    measure,
-    wait_quiet,
-)
+from _measure import Measurement, measure, wait_quiet  # noqa: E402
+from _report import Report, fmt_mb, machine_info  # noqa: E402
+from _setup import FLEXINGEST, PYTHON, REPO, base_parser, clean_env, compile_flexingest  # noqa: E402
 
 TARGET = 0.3
 HEAVY = ["s3fs", "gcsfs", "adlfs", "botocore", "aiobotocore", "boto3", "azure.storage.blob", "azure.identity",
