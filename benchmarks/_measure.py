@@ -93,7 +93,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     out: list[int] = []
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -119,11 +119,11 @@ def _rss(pid: int) -> int:
 def tree_rss(root: int, include_root: bool = False) -> int:
     """Summed RSS (bytes) of ``root``'s live descendants (and of root itself if asked)."""
     total = _rss(root) if include_root else 0
-    stack = _children(root)
+    stack = children(root)
     while stack:
         pid = stack.pop()
         total += _rss(pid)
-        stack.extend(_children(pid))
+        stack.extend(children(pid))
     return total
 
 

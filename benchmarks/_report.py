@@ -144,7 +144,7 @@ class Report:
             if line in seen:
                 continue
             seen.add(line)
-            self.emit(f"  [{m.label}] {line}")
+            self.emit(f"  [{m.label.rsplit(' #', 1)[0]}] {line}")  # a repeated run's number left out
 
     def noise(self, measurements: Iterable[Measurement]) -> None:
         """One line: how busy the rest of the machine was during the measured commands."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from _measure import command_line, cpu_seconds, system_busy_seconds
+from _measure import children, command_line, cpu_seconds, system_busy_seconds
 from _setup import Server
 
 _WRAPPER = r"""
@@ -79,21 +79,6 @@ def _own_cpu(pid: int) -> tuple[float, int] | None:
         return (int(fields[11]) + int(fields[12])) / _TICK, int(fields[1])
     except (OSError, IndexError, ValueError):
         return None
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out.extend(int(x) for x in f.read().split())
-        except OSError:
-            continue
-    return out
 
 
 def role_of(cmdline: str, depth: int) -> str:
@@ -165,10 +150,10 @@ def measure_tree(label: str, argv: Sequence[Any], *, env: dict[str, str] | None 
                 sample = _own_cpu(root)
                 if sample is not None:
                     coordinator[0] = max(coordinator[0], sample[0])
-                stack = [(pid, 0) for pid in _children(wrapper.pid)]
+                stack = [(pid, 0) for pid in children(wrapper.pid)]
                 while stack:
                     pid, depth = stack.pop()
-                    stack.extend((child, depth + 1) for child in _children(pid))
+                    stack.extend((child, depth + 1) for child in children(pid))
                     if pid == root:
                         continue
                     own = _own_cpu(pid)

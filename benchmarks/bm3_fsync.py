@@ -193,14 +193,7 @@ def main() -> int:
     if ms:
         report.emit(f"noise: other processes used {sum(m.others_cpu for m in ms) / sum(m.wall for m in ms):.2f} of "
                     f"{os.cpu_count()} cores on average during the measured commands")
-    report.emit("")
-    report.emit("Commands (to reproduce):")
-    seen: set[str] = set()
-    for m in everything:
-        line = m.command()
-        if line not in seen:
-            seen.add(line)
-            report.emit(f"  [{m.label.rsplit(' #', 1)[0]}] {line}")
+    report.commands(everything)
     report.finish()
     return 0
 

@@ -639,14 +639,7 @@ def main() -> int:
                     f"{os.cpu_count()} cores on average during the measured commands of 1 s or more (worst "
                     f"{max(m.others_cpu / m.wall for m in ms):.2f}); CPU seconds hold under noise, wall times "
                     "do not.")
-        report.emit("")
-        report.emit("Commands (to reproduce; DASK_TEMPORARY_DIRECTORY and OMP_THREAD_LIMIT=1 set):")
-        seen: set[str] = set()
-        for m in everything:
-            line = m.command()
-            if line not in seen:
-                seen.add(line)
-                report.emit(f"  [{m.label.rsplit(' #', 1)[0]}] {line}")
+        report.commands(everything, "Commands (to reproduce; DASK_TEMPORARY_DIRECTORY and OMP_THREAD_LIMIT=1 set):")
     report.finish()
     return 0
 
