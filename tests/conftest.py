@@ -137,6 +137,7 @@ def new_store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Callabl
 # in-process (fast); `flexingest(...)` runs it as a subprocess (signals, kill -9, locks).
 # ============================================================================================
 
+import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -197,3 +198,14 @@ def run_flexingest(*args: Any, timeout: float = 120, env: dict[str, str] | None 
     proc = subprocess.run([FLEXINGEST, *[str(a) for a in args]], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def peak_rss_mb_of(argv: list[str]) -> tuple[float, Result]:
+    """Run a command and return the peak resident memory of it (its own, in MB)."""
+    code = ("import resource, subprocess, sys, json\n"
+            "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+            "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+            "print(json.dumps({'peak': peak, 'code': p.returncode, 'out': p.stdout, 'err': p.stderr}))\n")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=600)
+    data = json.loads(proc.stdout)
+    return data["peak"], Result(data["code"], data["out"], data["err"])

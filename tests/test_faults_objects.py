@@ -12,7 +12,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import unicodedata
 import uuid
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import FLEXINGEST, Result, connector_for, run_flexingest
+from conftest import FLEXINGEST, Result, connector_for, peak_rss_mb_of, run_flexingest
 from stores import Store
 
 from flexingest.state import State
@@ -309,17 +308,6 @@ def test_a_thousand_objects_in_one_second_zero_bytes_and_placeholders(kind: str,
 
 
 # --------------------------------------------------------------------------- 9. huge objects
-
-
-def peak_rss_mb_of(argv: list[str]) -> tuple[float, Result]:
-    """Run a command and return the peak resident memory of it (its own, in MB)."""
-    code = ("import resource, subprocess, sys, json\n"
-            "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-            "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-            "print(json.dumps({'peak': peak, 'code': p.returncode, 'out': p.stdout, 'err': p.stderr}))\n")
-    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=600)
-    data = json.loads(proc.stdout)
-    return data["peak"], Result(data["code"], data["out"], data["err"])
 
 
 @pytest.mark.slow
