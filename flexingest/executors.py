@@ -310,14 +310,8 @@ class DaskExecutor(Executor):
             self._drop()
             try:
                 if self.address is None:
-                    import dask
-
-                    # the workers' statistical profiler samples every thread every 10 ms: about a
-                    # tenth of a PDF worker's CPU (docs/benchmarks.md, BM-8); nothing here reads it
-                    with dask.config.set({"distributed.worker.profile.enabled": False}):
-                        self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
-                            n_workers=self.local_workers, threads_per_worker=1, processes=True,
-                            dashboard_address=None)
+                    self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                        n_workers=self.local_workers, threads_per_worker=1, processes=True, dashboard_address=None)
                     self._client = Client(self._cluster, timeout="10s")  # type: ignore[no-untyped-call]
                 else:
                     self._client = Client(self.address, timeout="10s")  # type: ignore[no-untyped-call]

@@ -230,28 +230,3 @@ def test_validate_says_where_each_step_runs(write_pipeline: Callable[..., Path],
     assert result.code == 0
     assert ("top-level steps: on the processes workers: extract_text; on this process (the coordinator): "
             "write_jsonl, write_json") in result.stderr
-
-
-def test_the_local_dask_cluster_runs_without_the_workers_profiler(new_store: Callable[[str], Store],
-                                                                  write_pipeline: Callable[..., Path],
-                                                                  tmp_path: Path) -> None:
-    """The statistical profiler of Dask's workers costs CPU per object (BM-8); flexingest's own
-    local cluster turns it off, in the workers where the steps run."""
-    store = new_store("local")
-    store.put_many({"a.txt": b"a", "b.txt": b"b"})
-    module = f"profiled_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{module}.py").write_text(
-        "import os, dask\n"
-        "def step(record):\n"
-        "    record['profile'] = dask.config.get('distributed.worker.profile.enabled')\n"
-        "    record['pid'] = os.getpid()\n"
-        "    return record\n")
-    out = tmp_path / "out"
-    path = write_pipeline(connector_for(store), steps=[{"python": {"callable": f"{module}:step"}},
-                                                       {"write_json": {"url": str(out)}}],
-                          syncs=[{"name": "docs", "connector": "docs"}])
-    result = run_flexingest("run", path, "--once", "--executor", "dask:2")
-    assert result.code == 0, result.stderr
-    records = [json.loads((out / f"{key}.json").read_text()) for key in ("a.txt", "b.txt")]
-    assert all(r["pid"] != os.getpid() for r in records)
-    assert [r["profile"] for r in records] == [False, False]
