@@ -422,3 +422,30 @@ def test_validate_and_help_import_no_format_library(tmp_path: Path) -> None:
              "if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_page_is_blank_when_only_white_space_and_junk_are_left() -> None:
+    """Which PDF pages go to OCR: nothing visible once cleaned, however long the junk."""
+    from flexingest.extract import blank, clean
+
+    for text in ("", " \n\t\x0c", "\x00\x01\x7f\ufffe" * 100, "\ud800 \n\x9f"):
+        assert blank(text) and not clean(text).strip()
+    for text in ("a", "\x00 \ufb01", "  .", "\x00" * 100 + "é"):
+        assert not blank(text) and clean(text).strip()
+
+
+def test_extraction_from_memory_and_from_a_stream_agree() -> None:
+    """A small PDF is read from memory, a large one streamed: the same text either way."""
+    from flexingest.extract import Settings, extract
+
+    data = (DATA / "pdflatex-outline.pdf").read_bytes()
+    settings = Settings(max_chars=10_000_000, max_bytes=1 << 30, max_decompressed=1 << 30, password=None,
+                        ocr="never", ocr_languages="eng", ocr_timeout=60)
+
+    class Stream(io.BufferedReader):  # not a BytesIO: PDFium reads it through callbacks
+        pass
+
+    from_memory = extract(io.BytesIO(data), "a.pdf", settings, size=len(data))
+    streamed = extract(Stream(io.BytesIO(data)), "a.pdf", settings, size=len(data))
+    assert from_memory.text == streamed.text and from_memory.text.strip()
+    assert from_memory.metadata == streamed.metadata
