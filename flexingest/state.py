@@ -14,6 +14,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -133,7 +134,7 @@ class State(Records):
             if readonly:
                 self._check_schema()
             else:
-                self.db.execute("PRAGMA journal_mode=WAL")
+                self._wal()
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.execute("PRAGMA temp_store=FILE")
                 self._migrate(new=not existed)
@@ -158,6 +159,10 @@ class State(Records):
         try:
             self.db = sqlite3.connect(tmp, timeout=30, isolation_level=None)
             try:
+                # WAL from the start: the mode is kept in the file, so that processes opening it
+                # at once never convert it concurrently (SQLite answers "database is locked" to
+                # that, whatever the busy timeout)
+                self.db.execute("PRAGMA journal_mode=WAL")
                 self._migrate(new=True)
             finally:
                 self.db.close()
@@ -172,6 +177,19 @@ class State(Records):
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+    def _wal(self, patience: float = 30.0) -> None:
+        """Write-ahead logging. Turning a file written in another journal mode (by an older
+        flexingest) to WAL needs it alone; SQLite does not wait for that, so wait here."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _connect_readonly(self) -> sqlite3.Connection:
         return connect_readonly(self.path)

@@ -394,18 +394,59 @@ def test_the_service_refuses_a_corrupt_state_before_its_first_pass(setup: Setup)
     assert setup.state.read_bytes() == before
 
 
-def test_ten_concurrent_first_opens_of_a_new_state_file_all_succeed(tmp_path: Path) -> None:
-    state = tmp_path / "new" / "state.db"
+def open_at_once(state: Path, count: int = 10) -> list[str]:
+    """``count`` processes open ``state`` at the same moment; the errors of those that failed."""
     code = ("import sys, time\n"
             "from flexingest.state import State\n"
             "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
             "State(sys.argv[1]).close()\n")
-    start = time.time() + 1.5  # all ten open at the same moment
+    start = time.time() + 1.5  # all of them open at the same moment
     procs = [subprocess.Popen([sys.executable, "-c", code, str(state), str(start)], stderr=subprocess.PIPE,
-                              text=True) for _ in range(10)]
+                              text=True) for _ in range(count)]
     results = [(p.wait(timeout=60), p.stderr.read() if p.stderr else "") for p in procs]
     for p in procs:
         if p.stderr:
             p.stderr.close()
-    assert all(code == 0 for code, _ in results), [err for code, err in results if code]
+    return [err for code, err in results if code]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("round_", range(3))
+def test_ten_concurrent_first_opens_of_a_new_state_file_all_succeed(tmp_path: Path, round_: int) -> None:
+    state = tmp_path / "new" / "state.db"
+    assert open_at_once(state) == []
     assert migrations(state) == [name for name, _ in MIGRATIONS]
+
+
+def test_a_new_state_file_is_written_in_wal_mode_before_anyone_opens_it(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Turning a file to WAL needs it alone, and SQLite does not wait for that ("database is
+    locked" whatever the busy timeout): a new file appears in WAL mode already, so that the
+    processes that open it at once never have to turn it."""
+    state = tmp_path / "state.db"
+    seen: list[bytes] = []
+    link = os.link
+
+    def spy(source: Any, target: Any, *args: Any, **kwargs: Any) -> None:
+        seen.append(Path(source).read_bytes()[:100])  # the file as it appears under its name
+        link(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(flexingest.state.os, "link", spy)
+    flexingest.state.State(state).close()
+    assert len(seen) == 1 and seen[0].startswith(b"SQLite format 3\x00")
+    assert seen[0][18:20] == b"\x02\x02", "the file format's read and write versions say WAL"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.db"], "no temporary, -wal or -shm left"
+
+
+@pytest.mark.slow
+def test_a_state_file_in_rollback_journal_mode_opened_by_ten_at_once(tmp_path: Path) -> None:
+    """A file written in rollback-journal mode (as flexingest wrote it before WAL, or copied
+    by a tool that resets it) is turned to WAL by the first open; the others wait for it."""
+    state = tmp_path / "state.db"
+    flexingest.state.State(state).close()
+    with sqlite3.connect(state) as db:
+        db.execute("PRAGMA journal_mode=DELETE")
+    db.close()
+    assert state.read_bytes()[18:20] == b"\x01\x01"
+    assert open_at_once(state) == []
+    assert state.read_bytes()[18:20] == b"\x02\x02"
