@@ -6,6 +6,10 @@ A migration is never edited once released: a change of schema is a new entry at 
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import AbstractContextManager
+from typing import Callable
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_initial", """
         CREATE TABLE objects (
@@ -125,3 +129,43 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE status IN ('queued', 'running');
     """),
 ]
+
+
+def newer_schema(db: sqlite3.Connection) -> str | None:
+    """The newest migration the file has that this flexingest lacks (a newer one wrote it)."""
+    applied = {r[0] for r in db.execute("SELECT name FROM migrations")}
+    unknown = sorted(applied - {name for name, _ in MIGRATIONS})
+    return unknown[-1] if unknown else None
+
+
+def apply(db: sqlite3.Connection, transaction: Callable[[], AbstractContextManager[object]], application_id: int,
+          *, new: bool) -> str | None:
+    """Apply the migrations the file lacks, each in its own write ``transaction()``; returns the
+    newer schema instead (applying nothing) when a newer flexingest wrote the file.
+
+    Which ones are applied is read again inside each transaction: two processes opening a new
+    file at once both succeed, the second finding the work done.
+    """
+    from .records import now_iso
+
+    ours = db.execute("PRAGMA application_id").fetchone()[0] == application_id
+    has_table = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'migrations'").fetchone()
+    if new or not ours or not has_table:  # reads first: an up-to-date file is not written to here
+        with transaction():
+            db.execute(f"PRAGMA application_id={application_id}")
+            db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    newer = newer_schema(db)
+    if newer:
+        return newer
+    applied = {r[0] for r in db.execute("SELECT name FROM migrations")}
+    for name, sql in MIGRATIONS:
+        if name in applied:
+            continue
+        with transaction():
+            if db.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone():
+                continue  # another process applied it meanwhile
+            for statement in sql.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("INSERT INTO migrations VALUES (?, ?)", (name, now_iso()))
+    return None

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 from .exceptions import StateError
-from .migrations import MIGRATIONS
+from .migrations import MIGRATIONS as MIGRATIONS  # what the tests and tools read from here
+from .migrations import apply, newer_schema
 from .records import Records, _text, now_iso
 
 APPLICATION_ID = 0x466C7849  # "FlxI", in the SQLite header: marks the file as ours
@@ -200,11 +201,7 @@ class State(Records):
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'migrations'").fetchone()
         if not has_table:
             raise StateError(self._refusal("it has no flexingest tables (no pass has completed its set-up)"))
-        applied = {r[0] for r in self.db.execute("SELECT name FROM migrations")}
-        unknown = sorted(applied - {name for name, _ in MIGRATIONS})
-        if unknown:
-            raise StateError(self._refusal(
-                f"it was written by a newer flexingest (schema {unknown[-1]}); upgrade flexingest"))
+        self._refuse_newer(newer_schema(self.db))
 
     # ------------------------------------------------------------------ opening
 
@@ -276,33 +273,12 @@ class State(Records):
                                            f"{', '.join(sorted(tables)[:5])})"))
 
     def _migrate(self, *, new: bool) -> None:
-        """Apply the migrations this file lacks, each in its own write transaction.
+        self._refuse_newer(apply(self.db, self.transaction, APPLICATION_ID, new=new))
 
-        Which ones are applied is read again inside each transaction: two processes opening
-        a new file at once both succeed, the second finding the work done.
-        """
-        db = self.db
-        ours = db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
-        has_table = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'migrations'").fetchone()
-        if new or not ours or not has_table:  # reads first: an up-to-date file is not written to here
-            with self.transaction():
-                db.execute(f"PRAGMA application_id={APPLICATION_ID}")
-                db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
-        applied = {r[0] for r in db.execute("SELECT name FROM migrations")}
-        unknown = sorted(applied - {name for name, _ in MIGRATIONS})
-        if unknown:
-            raise StateError(self._refusal(
-                f"it was written by a newer flexingest (schema {unknown[-1]}); upgrade flexingest"))
-        for name, sql in MIGRATIONS:
-            if name in applied:
-                continue
-            with self.transaction():
-                if db.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone():
-                    continue  # another process applied it meanwhile
-                for statement in sql.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute("INSERT INTO migrations VALUES (?, ?)", (name, now_iso()))
+    def _refuse_newer(self, schema: str | None) -> None:
+        if schema:
+            raise StateError(self._refusal(f"it was written by a newer flexingest (schema {schema}); "
+                                           "upgrade flexingest"))
 
     @contextlib.contextmanager
     def transaction(self, *, immediate: bool = True) -> Iterator[sqlite3.Connection]:

@@ -25,6 +25,7 @@ import pytest
 from conftest import FLEXINGEST, Result, connector_for, run_flexingest, slow_hook
 from stores import Store
 
+import flexingest.migrations
 import flexingest.state
 from flexingest.state import APPLICATION_ID, MIGRATIONS
 
@@ -306,7 +307,7 @@ def test_schema_is_migrated_forward_then_refused_by_the_older_code(setup: Setup,
     """A newer flexingest adds a migration: it applies it to the existing file and keeps every row."""
     future = ("0099_objects_note", "ALTER TABLE objects ADD COLUMN note TEXT")
     with monkeypatch.context() as m:
-        m.setattr(flexingest.state, "MIGRATIONS", [*MIGRATIONS, future])
+        m.setattr(flexingest.migrations, "MIGRATIONS", [*MIGRATIONS, future])
         setup.store.put("second/new.txt", b"new")
         newer = cli("run", setup.path, "--once")
         assert newer.code == 0, newer.stderr
