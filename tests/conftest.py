@@ -209,3 +209,18 @@ def peak_rss_mb_of(argv: list[str]) -> tuple[float, Result]:
     proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=600)
     data = json.loads(proc.stdout)
     return data["peak"], Result(data["code"], data["out"], data["err"])
+
+
+def children_of(pid: int) -> list[tuple[int, str]]:
+    """The live processes whose parent is ``pid``: (pid, command name)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = pathlib.Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1: stat.rindex(")")]
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                found.append((int(entry), comm))
+    return found

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import FLEXINGEST, connector_for, run_flexingest
+from conftest import FLEXINGEST, children_of, connector_for, run_flexingest
 from servers import free_port, start_dask
 from stores import Store
 
@@ -102,19 +102,6 @@ def slow_hook(folder: Path, seconds: float) -> str:
     return f"{module}:step"
 
 
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 @pytest.mark.slow
 def test_a_pool_process_killed_mid_pass_loses_nothing(new_store: Callable[[str], Store],
                                                       write_pipeline: Callable[..., Path], tmp_path: Path) -> None:
@@ -132,7 +119,8 @@ def test_a_pool_process_killed_mid_pass_loses_nothing(new_store: Callable[[str],
         while not (tmp_path / "pids").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.5)
-        workers = [p for p in children_of(proc.pid) if p in {int(x) for x in (tmp_path / "pids").read_text().split()}]
+        busy = {int(x) for x in (tmp_path / "pids").read_text().split()}
+        workers = [p for p, _ in children_of(proc.pid) if p in busy]
         assert workers, "a worker process is busy"
         os.kill(workers[0], signal.SIGKILL)
         _, stderr = proc.communicate(timeout=120)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pypdfium2 as pdfium
-from conftest import Result, run_flexingest
+from conftest import Result, children_of, run_flexingest
 from PIL import Image
 from test_extract import DATA, extract
 
@@ -92,21 +92,6 @@ def test_unknown_ocr_language_is_a_clear_error(tmp_path: Path, write_pipeline: C
     assert "apt-get install tesseract-ocr-qqq" in result.stderr
 
 
-def _children_named(name: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            comm = stat[stat.index("(") + 1: stat.rindex(")")]
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-            if comm == name and ppid == os.getpid():
-                found.append(int(entry))
-    return found
-
-
 def test_ocr_past_its_timeout_is_killed(tmp_path: Path, write_pipeline: Callable[..., Path],
                                         cli: Callable[..., Result]) -> None:
     folder = tmp_path / "in"
@@ -115,7 +100,7 @@ def test_ocr_past_its_timeout_is_killed(tmp_path: Path, write_pipeline: Callable
     result, records = extract(tmp_path, write_pipeline, cli, folder, {"ocr_timeout": "50ms"})
     assert result.code == 1
     assert "scan.png failed: OCR timed out after 0.05s (ocr_timeout)" in result.stderr
-    assert _children_named("tesseract") == []
+    assert [pid for pid, name in children_of(os.getpid()) if name == "tesseract"] == []
     assert records == {}
 
 
