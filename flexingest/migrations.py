@@ -10,6 +10,8 @@ import sqlite3
 from contextlib import AbstractContextManager
 from typing import Callable
 
+from .records import now_iso
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_initial", """
         CREATE TABLE objects (
@@ -146,8 +148,6 @@ def apply(db: sqlite3.Connection, transaction: Callable[[], AbstractContextManag
     Which ones are applied is read again inside each transaction: two processes opening a new
     file at once both succeed, the second finding the work done.
     """
-    from .records import now_iso
-
     ours = db.execute("PRAGMA application_id").fetchone()[0] == application_id
     has_table = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'migrations'").fetchone()
     if new or not ours or not has_table:  # reads first: an up-to-date file is not written to here
